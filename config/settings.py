@@ -1,0 +1,214 @@
+"""The one settings object of imagestream.
+
+Every tunable lives here, read once from the environment (prefix ``IMAGESTREAM_``,
+names fixed by DESIGN.md §3) and passed on as a frozen value.  Nothing else in the
+code base reads ``os.environ`` for imagestream settings.
+
+    >>> settings = Settings.from_env()
+    >>> settings.upstream_concurrency
+    3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Settings", "SettingsError", "parse_size"]
+
+ENV_PREFIX = "IMAGESTREAM_"
+
+#: Upstream model used for edits (DashScope's name).
+DEFAULT_MODEL = "qwen-image-edit"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse ``"1080x1920"`` into ``(1080, 1920)``."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x", 1))
+    except ValueError:
+        raise SettingsError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if width <= 0 or height <= 0:
+        raise SettingsError(f"sizes must be positive, got {text!r}")
+    return width, height
+
+
+def _parse_allowlist(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | str, ...]:
+    """Hosts or CIDRs, comma separated. Host names stay strings."""
+    items: list[ipaddress.IPv4Network | ipaddress.IPv6Network | str] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        try:
+            items.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            items.append(item.lower())
+    return tuple(items)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Runtime configuration of a worker, the emulator's clients and the CLI.
+
+    Build it with :meth:`from_env`; tests build it directly with keyword arguments.
+    """
+
+    # --- Kafka / Faust -------------------------------------------------------------
+    app_id: str = "imagestream"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_partitions: int = 8
+    #: Faust consumer-group timings, tuned for quick joins on a small cluster.
+    broker_session_timeout: float = 10.0
+    broker_heartbeat_interval: float = 1.0
+    broker_rebalance_timeout: float = 20.0
+    #: Seconds between offset commits (Faust ``broker_commit_interval``).
+    commit_interval: float = 0.5
+    #: Producer linger in seconds: how long a batch waits for company.
+    producer_linger: float = 0.002
+    #: RocksDB memory per partition DB (Faust defaults are 2 GiB cache, 64 MiB buffers).
+    rocksdb_block_cache_bytes: int = 8 * 1024 * 1024
+    rocksdb_write_buffer_bytes: int = 4 * 1024 * 1024
+    rocksdb_max_write_buffers: int = 2
+
+    # --- Web -----------------------------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    #: Largest HTTP request body (multipart upload of a whole task).
+    max_request_bytes: int = 64 * 1024 * 1024
+    api_token: str | None = field(default=None, repr=False)
+    api_url: str = "http://127.0.0.1:6066"
+
+    # --- Storage -------------------------------------------------------------------
+    data_dir: Path = Path("./data")
+
+    # --- Image edit ----------------------------------------------------------------
+    model: str = DEFAULT_MODEL
+    upstream_concurrency: int = 3
+    upstream_rps: float | None = None
+    upstream_timeout: float = 120.0
+    upstream_max_attempts: int = 5
+    upstream_backoff_base: float = 0.5
+    upstream_backoff_max: float = 20.0
+    max_images_per_task: int = 50
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_prompt_chars: int = 800
+    #: Images at most this large may travel inline (base64) in Kafka events.
+    inline_image_bytes: int = 64 * 1024
+    dashscope_api_key: str | None = field(default=None, repr=False)
+    dashscope_base_url: str | None = None
+
+    # --- Dimensions ----------------------------------------------------------------
+    dimension_timeout: float = 10.0
+    dimension_max_bytes: int = 4 * 1024 * 1024
+    dimension_max_redirects: int = 5
+    dimension_url_ttl: float = 24 * 3600.0
+    placeholder: tuple[int, int] = (1080, 1920)
+    fetch_allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | str, ...] = ()
+
+    # ------------------------------------------------------------------------------
+    @property
+    def blob_dir(self) -> Path:
+        """Where the content-addressed blob store keeps its files."""
+        return self.data_dir / "blobs"
+
+    @property
+    def table_dir(self) -> Path:
+        """Where Faust keeps its RocksDB tables."""
+        return self.data_dir / "tables"
+
+    @property
+    def web_url(self) -> str:
+        """The URL of this worker's own web server."""
+        return f"http://{self.web_host}:{self.web_port}"
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``environ`` (default: ``os.environ``).
+
+        Unset or empty variables keep their defaults; malformed ones raise
+        :class:`SettingsError` naming the variable.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+
+        def get(name: str) -> str | None:
+            value = env.get(ENV_PREFIX + name)
+            return value if value not in (None, "") else None
+
+        def convert(name: str, attr: str, kind: type) -> None:
+            raw = get(name)
+            if raw is None:
+                return
+            try:
+                values[attr] = kind(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{ENV_PREFIX}{name}={raw!r}: {exc}") from None
+
+        for f in dataclasses.fields(cls):
+            if f.name in _SPECIAL:
+                continue
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type))
+            if kind is not None:
+                convert(f.name.upper(), f.name, kind)
+
+        # Fields whose env names or types are not the plain upper-cased field.
+        convert("UPSTREAM_RPS", "upstream_rps", float)
+        if (raw := get("DATA_DIR")) is not None:
+            values["data_dir"] = Path(raw)
+        if (raw := get("PLACEHOLDER")) is not None:
+            values["placeholder"] = parse_size(raw)
+        if (raw := get("FETCH_ALLOWLIST")) is not None:
+            values["fetch_allowlist"] = _parse_allowlist(raw)
+        if (raw := get("API_TOKEN")) is not None:
+            values["api_token"] = raw
+        # DashScope's own variables: read by its SDK too, repeated here so the
+        # worker can tell "emulator" from "real service" and log which one.
+        if env.get("DASHSCOPE_API_KEY"):
+            values["dashscope_api_key"] = env["DASHSCOPE_API_KEY"]
+        if env.get("DASHSCOPE_HTTP_BASE_URL"):
+            values["dashscope_base_url"] = env["DASHSCOPE_HTTP_BASE_URL"]
+
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` for values that cannot work together."""
+        if self.upstream_concurrency < 1:
+            raise SettingsError("IMAGESTREAM_UPSTREAM_CONCURRENCY must be >= 1")
+        if self.topic_partitions < 1:
+            raise SettingsError("IMAGESTREAM_TOPIC_PARTITIONS must be >= 1")
+        if self.upstream_rps is not None and self.upstream_rps <= 0:
+            raise SettingsError("IMAGESTREAM_UPSTREAM_RPS must be > 0 when set")
+        if self.max_images_per_task < 1:
+            raise SettingsError("IMAGESTREAM_MAX_IMAGES_PER_TASK must be >= 1")
+        if self.dimension_timeout <= 0:
+            raise SettingsError("IMAGESTREAM_DIMENSION_TIMEOUT must be > 0")
+
+
+#: Fields read by hand in :meth:`Settings.from_env`.
+_SPECIAL = frozenset(
+    {
+        "data_dir",
+        "placeholder",
+        "fetch_allowlist",
+        "api_token",
+        "upstream_rps",
+        "dashscope_api_key",
+        "dashscope_base_url",
+    }
+)
