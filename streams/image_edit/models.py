@@ -1,0 +1,98 @@
+"""Records of the image-edit pipeline (DESIGN.md §4).
+
+Plain JSON on the wire (``include_metadata=False``) so kcat and any language can read
+and write them.  Field names of ``ImageResult`` and ``TaskStatus`` are fixed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import faust
+
+__all__ = [
+    "ErrorInfo",
+    "ImageJob",
+    "ImageRef",
+    "ImageResult",
+    "TaskRequest",
+    "TaskStatus",
+]
+
+
+class _Record(faust.Record, serializer="json", include_metadata=False, abstract=True):
+    pass
+
+
+class ErrorInfo(_Record):
+    """``{code, message}`` of a failed image or task."""
+
+    code: str
+    message: str
+
+
+class ImageRef(_Record):
+    """Where one input image is: exactly one of ``blob``, ``url``, ``data``."""
+
+    filename: str
+    blob: Optional[str] = None  # sha256 of the bytes in the blob store
+    url: Optional[str] = None
+    data: Optional[str] = None  # base64, small images only
+
+
+class TaskRequest(_Record):
+    """A client's task: 1..N images and one edit. Key: task_id."""
+
+    task_id: str
+    edit_type: str
+    images: list[ImageRef]
+    edit_params: dict[str, Any] = {}
+    submitted_at: float = 0.0
+    reply_to: Optional[str] = None
+
+
+class ImageJob(_Record):
+    """One image of a task, routed by cache key so duplicates meet on one partition."""
+
+    task_id: str
+    index: int
+    filename: str
+    edit_type: str
+    prompt: str
+    params: dict[str, Any]
+    cache_key: str
+    image_sha256: str
+    blob: str
+    submitted_at: float = 0.0
+
+
+class ImageResult(_Record):
+    """The outcome for one image (seed shape, fixed). Key: task_id."""
+
+    task_id: str
+    index: int
+    filename: str
+    status: str  # completed | failed
+    result_url: Optional[str] = None
+    from_cache: bool = False
+    error: Optional[ErrorInfo] = None
+    cache_key: Optional[str] = None
+    duration_ms: float = 0.0
+    cache_status: Optional[str] = None  # HIT | MISS | COALESCED
+    upstream_request_id: Optional[str] = None
+    result_blob: Optional[str] = None
+
+
+class TaskStatus(_Record):
+    """Snapshot of a task (seed shape, fixed). Key: task_id."""
+
+    task_id: str
+    status: str  # pending | processing | completed | partial | failed
+    total_images: int
+    completed_images: int = 0
+    failed_images: int = 0
+    progress: float = 0.0
+    results: list[ImageResult] = []
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    error: Optional[ErrorInfo] = None
