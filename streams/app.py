@@ -1,0 +1,90 @@
+"""The Faust application: ``app`` is what ``imagestream worker`` (and ``faust -A streams.app``) runs.
+
+Settings are read once, here, from the environment (:class:`config.Settings`); every
+other module takes them from :data:`settings`.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from config import Settings
+
+__all__ = ["app", "build_app", "settings"]
+
+#: Modules holding agents, tasks, timers and views; scanned when the worker starts.
+COMPONENT_MODULES = [
+    "streams.topics",
+    "streams.web",
+    "streams.image_edit.agents",
+    "streams.image_edit.views",
+    "streams.dimensions.agents",
+    "streams.dimensions.views",
+]
+
+
+def broker_urls(bootstrap: str) -> list[str]:
+    """``"h1:9092,h2:9092"`` → ``["kafka://h1:9092", "kafka://h2:9092"]``."""
+    return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
+
+
+def build_app(settings: Settings) -> faust.App:
+    """A configured ``faust.App`` (agents and views attach to it on import)."""
+    settings.table_dir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        settings.app_id,
+        broker=broker_urls(settings.kafka_bootstrap),
+        store="rocksdb://",
+        datadir=str(settings.data_dir / "faust"),
+        tabledir=str(settings.table_dir.resolve()),
+        autodiscover=COMPONENT_MODULES,
+        origin="streams",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        # Consumer group: quick joins and failure detection on a small cluster.
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout,
+        broker_commit_interval=settings.commit_interval,
+        consumer_auto_offset_reset="earliest",
+        producer_linger=settings.producer_linger,
+        producer_acks=-1,
+        # Stream buffers: the agents take control of acks, so a small buffer is enough.
+        stream_buffer_maxsize=4096,
+        stream_wait_empty=False,
+        # Web: the body limit is raised on purpose for multipart uploads of 10 MB images;
+        # anything larger is refused with 413 by aiohttp before it is read.
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_application_options={"client_max_size": settings.max_request_bytes},
+        web_in_thread=False,
+        web_stats_enabled=False,
+        web_tables_enabled=False,
+        web_router_enabled=True,
+        web_graph_enabled=False,
+        table_cleanup_interval=60.0,
+        table_standby_replicas=0,
+    )
+
+
+def rocksdb_options(settings: Settings) -> dict[str, int]:
+    """Per-partition RocksDB options for every table.
+
+    Faust's defaults reserve a 2 GiB block cache and 3 × 64 MiB write buffers per
+    partition DB; with 8 partitions × several tables that is far more than a worker
+    should hold.  These keep a table's DB in a few MiB.
+    """
+    return {
+        "block_cache_size": settings.rocksdb_block_cache_bytes,
+        "block_cache_compressed_size": settings.rocksdb_block_cache_bytes,
+        "write_buffer_size": settings.rocksdb_write_buffer_bytes,
+        "max_write_buffer_number": settings.rocksdb_max_write_buffers,
+        "max_open_files": 256,
+    }
+
+
+settings = Settings.from_env()
+app = build_app(settings)

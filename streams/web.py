@@ -1,0 +1,116 @@
+"""Shared web plumbing: JSON errors, bearer-token access, readiness and ``/healthz``.
+
+Every error leaves the API as ``{"error": {"code", "message"}}`` with a 4xx/5xx
+status, whatever raised it: an :class:`~streams.errors.ImagestreamError`, aiohttp's
+own HTTP errors (413 for an oversized body, 405, 404) or an unexpected bug (500,
+logged with its traceback, never shown to the client).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+from aiohttp import web
+
+from streams.app import app, settings
+from streams.errors import ImagestreamError
+
+__all__ = ["Readiness", "error_response", "readiness"]
+
+log = logging.getLogger(__name__)
+
+#: Routes anyone may call even when ``IMAGESTREAM_API_TOKEN`` is set.
+PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    """The one shape of every error the HTTP API returns."""
+    body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
+    return web.json_response(body, status=status)
+
+
+class Readiness:
+    """Whether this worker has its partitions and its tables are recovered.
+
+    Faust serves web views before the consumer has joined the group; views that
+    route to a table owner must say 503 until then (``table_route`` fails with an
+    empty ``_tps_url`` otherwise).
+    """
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+        self.assigned_at: float | None = None
+        self.started_at = time.time()
+
+    def on_assigned(self) -> None:
+        self.assigned_at = time.time()
+
+    @property
+    def ready(self) -> bool:
+        recovery = self.app.tables.recovery
+        return (
+            self.assigned_at is not None
+            and not self.app.rebalancing
+            and not recovery.in_recovery
+            and recovery.completed.is_set()
+        )
+
+    def describe(self) -> dict[str, Any]:
+        assignment = self.app.consumer.assignment() if self.assigned_at else set()
+        return {
+            "status": "ok" if self.ready else "starting",
+            "rebalancing": bool(self.app.rebalancing),
+            "in_recovery": bool(self.app.tables.recovery.in_recovery),
+            "assigned_partitions": len(assignment),
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+
+readiness = Readiness(app)
+
+
+@app.on_partitions_assigned.connect  # type: ignore[misc]
+async def _mark_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+    readiness.on_assigned()
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer-token check, then JSON errors for whatever the handler raised."""
+    token = settings.api_token
+    if token and request.path not in PUBLIC_PATHS and request.path.startswith(("/api/", "/tasks", "/stats")):
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+            return error_response(401, "unauthorized", "missing or wrong bearer token")
+    try:
+        return await handler(request)
+    except ImagestreamError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, "request_too_large", f"request body over {exc.max_size} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error; see the worker log")
+
+
+app.web.web_app.middlewares.append(api_middleware)
+
+
+@app.page("/healthz")
+async def healthz(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+    """200 once the worker has its partitions and tables; 503 before."""
+    state = readiness.describe()
+    return self.json(state, status=200 if readiness.ready else 503)
