@@ -87,8 +87,11 @@ _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u2060\ufeff"))
 _WHITESPACE_RUN = re.compile(r"\s+")
 
 #: Pixel modes with more than 8 bits per sample: hashed in their own mode so that
-#: converting to RGBA cannot merge distinct images.
+#: converting to 8-bit RGB(A) cannot merge distinct images.
 _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+
+#: Pixel modes that carry transparency.
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -144,25 +147,36 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+
+
 def _canonical_pixels(image: Image.Image) -> Image.Image:
-    """The image in the mode its pixels are hashed in (RGBA unless high-depth)."""
-    if image.mode in _HIGH_DEPTH_MODES or image.mode == "RGBA":
+    """The image in the mode its pixels are hashed in.
+
+    RGB, or RGBA when some pixel is not fully opaque; high-depth modes stay as they
+    are.  Opaque RGBA and RGB of the same pixels therefore hash alike.
+    """
+    if image.mode in _HIGH_DEPTH_MODES:
         return image
     try:
-        return image.convert("RGBA")
-    except ValueError:  # modes without a direct RGBA conversion (e.g. LAB)
-        try:
-            return image.convert("RGB").convert("RGBA")
-        except ValueError:
-            return image
+        if _has_alpha(image):
+            rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+            if rgba.getchannel("A").getextrema() != (255, 255):
+                return rgba
+            return rgba.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")
+    except ValueError:  # a mode without a direct conversion (e.g. La): hash it as it is
+        return image
 
 
 def pixel_hash(image: Image.Image) -> str:
     """sha256 of the decoded pixels of the current frame, in a canonical mode.
 
-    8-bit images (``1``, ``L``, ``P``, ``RGB``, ``CMYK``…) are converted to RGBA, so an
-    RGB image and the same pixels as opaque RGBA, or a palette PNG and its RGB twin,
-    hash alike.  High-depth modes keep their own mode.  The preimage starts with a
+    8-bit images (``1``, ``L``, ``P``, ``CMYK``…) are converted to RGB, or to RGBA when
+    some pixel is not fully opaque, so an RGB image and the same pixels as opaque
+    RGBA, or a palette PNG and its RGB twin, hash alike.  High-depth modes keep their
+    own mode.  The preimage starts with a
     header naming the size, the canonical mode and the EXIF orientation (see the
     module docstring for why orientation is included rather than applied).
     """

@@ -206,3 +206,25 @@ def test_pixel_hash_high_depth_is_not_merged_by_rgba() -> None:
     a = Image.new("I;16", (4, 4), 1000)
     b = Image.new("I;16", (4, 4), 1001)
     assert pixel_hash(a) != pixel_hash(b)
+
+
+def test_pixel_hash_palette_and_grey_match_their_rgb_twins() -> None:
+    grey = Image.linear_gradient("L").resize((32, 32))
+    assert pixel_hash(grey) == pixel_hash(grey.convert("RGB"))
+    pal = _photo().quantize(16)
+    assert pixel_hash(pal) == pixel_hash(pal.convert("RGB"))
+
+
+def test_pixel_hash_transparency_matters() -> None:
+    img = _photo().convert("RGBA")
+    clear = img.copy()
+    clear.putalpha(0)
+    assert pixel_hash(clear) != pixel_hash(img)
+    half = img.copy()
+    half.putpixel((3, 3), (*img.getpixel((3, 3))[:3], 128))
+    assert pixel_hash(half) != pixel_hash(img)
+    # a palette image with a transparent index is not its opaque twin
+    pal = _photo().quantize(8)
+    transparent = pal.copy()
+    transparent.info["transparency"] = pal.getpixel((0, 0))
+    assert pixel_hash(transparent) != pixel_hash(pal)
