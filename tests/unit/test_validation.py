@@ -1,0 +1,227 @@
+"""Validation of edit requests (HTTP form) and TaskRequest events (Kafka)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from config.settings import Settings
+from streams.errors import InvalidRequest
+from streams.image_edit.models import TaskRequest
+from streams.image_edit.presets import Preset, load_presets
+from streams.image_edit.validation import validate_edit_request, validate_task_request
+
+SETTINGS = Settings(max_prompt_chars=40, max_images_per_task=3)
+PRESETS = load_presets()
+
+
+def _edit(edit_type: Any = "enhance", params: Any = None, n: int = 1, presets: Mapping[str, Preset] = PRESETS) -> tuple[str, str, dict[str, Any]]:
+    return validate_edit_request(edit_type, params, n, SETTINGS, presets)
+
+
+def _code(fn: Any, *args: Any, **kwargs: Any) -> str:
+    with pytest.raises(InvalidRequest) as err:
+        fn(*args, **kwargs)
+    assert err.value.status == 400
+    return err.value.code
+
+
+# --- validate_edit_request ------------------------------------------------------------
+def test_preset_template_used_without_prompt() -> None:
+    edit_type, prompt, params = _edit(" Enhance ", None)
+    assert edit_type == "enhance"
+    assert prompt == PRESETS["enhance"].prompt
+    assert params == {}
+    assert _edit("enhance", '{"prompt": "  \\t"}')[1] == PRESETS["enhance"].prompt
+
+
+def test_own_prompt_replaces_template_and_is_normalised() -> None:
+    _, prompt, params = _edit("enhance", '{"prompt": " 变亮\\u3000一点 ", "seed": 5}')
+    assert prompt == "变亮 一点"
+    assert params == {"seed": 5}
+
+
+def test_params_as_mapping_and_canonical_forms() -> None:
+    _, _, params = _edit(
+        "custom",
+        {"prompt": "x", "negative_prompt": " blur\n", "size": "1024 x 768", "watermark": False,
+         "prompt_extend": True, "n": 1, "strength": 0.5, "seed": None},
+    )
+    assert params == {"negative_prompt": "blur", "size": "1024*768", "watermark": False,
+                      "prompt_extend": True, "n": 1, "strength": 0.5}
+
+
+def test_preset_params_are_defaults_under_task_params() -> None:
+    presets = {"soft": Preset(name="soft", prompt="soft", params={"seed": 1, "watermark": True})}
+    assert _edit("soft", {"seed": 9}, presets=presets)[2] == {"seed": 9, "watermark": True}
+
+
+@pytest.mark.parametrize("edit_type", ["nope", "", None, 3])
+def test_unknown_edit_type(edit_type: Any) -> None:
+    assert _code(_edit, edit_type) == "unknown_edit_type"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        "{not json",
+        "[1, 2]",
+        '"a string"',
+        "NaN",
+        '{"seed": "7"}',
+        '{"seed": 1.5}',
+        '{"seed": true}',
+        '{"seed": -1}',
+        '{"seed": 2147483648}',
+        '{"watermark": "false"}',
+        '{"watermark": 0}',
+        '{"prompt_extend": null, "n": 0}',
+        '{"n": 7}',
+        '{"size": "big"}',
+        '{"size": "0*10"}',
+        '{"negative_prompt": 5}',
+        '{"prompt": ["a"]}',
+        '{"strength": NaN}',
+        42,
+        ["a"],
+    ],
+)
+def test_invalid_edit_params(params: Any) -> None:
+    assert _code(_edit, "enhance", params) == "invalid_edit_params"
+
+
+def test_missing_prompt_for_type_without_template() -> None:
+    assert _code(_edit, "custom", None) == "missing_prompt"
+    assert _code(_edit, "custom", '{"prompt": " \\u3000 "}') == "missing_prompt"
+
+
+def test_prompt_length_counts_characters_after_normalisation() -> None:
+    forty = "画" * 40
+    assert _edit("custom", {"prompt": forty})[1] == forty  # 120 bytes of UTF-8, 40 chars: fine
+    spaced = "  " + "a \t\u3000" * 20  # 82 raw characters, 39 after normalisation
+    assert _edit("custom", {"prompt": spaced})[1] == " ".join("a" * 20)
+    assert _code(_edit, "custom", {"prompt": "画" * 41}) == "prompt_too_long"
+    assert _code(_edit, "custom", {"prompt": "x", "negative_prompt": "y" * 41}) == "prompt_too_long"
+
+
+def test_template_longer_than_limit_is_refused() -> None:
+    tight = Settings(max_prompt_chars=5)
+    with pytest.raises(InvalidRequest) as err:
+        validate_edit_request("enhance", None, 1, tight, PRESETS)
+    assert err.value.code == "prompt_too_long"
+
+
+def test_image_count_bounds() -> None:
+    assert _code(_edit, "enhance", None, 0) == "no_images"
+    assert _code(_edit, "enhance", None, 4) == "too_many_images"
+    assert _edit("enhance", None, 3)[0] == "enhance"
+
+
+# --- validate_task_request ------------------------------------------------------------
+SHA = "ab" * 32
+PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
+
+
+def _event(**fields: Any) -> bytes:
+    doc: dict[str, Any] = {
+        "task_id": "t-1",
+        "edit_type": "enhance",
+        "images": [{"filename": "a.png", "blob": SHA}],
+    }
+    doc.update(fields)
+    return json.dumps({k: v for k, v in doc.items() if v is not ...}).encode()
+
+
+def test_valid_event_becomes_task_request() -> None:
+    task = validate_task_request(
+        _event(
+            images=[
+                {"filename": "a.png", "blob": SHA.upper()},
+                {"filename": "b.png", "url": "https://example.com/b.png"},
+                {"data": "data:image/png;base64," + PNG_B64[:8] + "\n" + PNG_B64[8:]},
+            ],
+            edit_params={"prompt": "x", "seed": 1},
+            submitted_at=1700000000,
+            reply_to="my-topic",
+            unknown_field="ignored",
+        )
+    )
+    assert isinstance(task, TaskRequest)
+    assert task.task_id == "t-1" and task.edit_type == "enhance"
+    assert [i.filename for i in task.images] == ["a.png", "b.png", "image-2"]
+    assert task.images[0].blob == SHA and task.images[0].url is None and task.images[0].data is None
+    assert task.images[1].url == "https://example.com/b.png"
+    assert task.images[2].data == PNG_B64
+    assert task.edit_params == {"prompt": "x", "seed": 1}
+    assert task.submitted_at == 1700000000.0 and task.reply_to == "my-topic"
+
+
+def test_minimal_event_defaults() -> None:
+    task = validate_task_request(_event().decode())
+    assert task.edit_params == {} and task.submitted_at == 0.0 and task.reply_to is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"", "malformed_json"),
+        (b"{not json", "malformed_json"),
+        (b"\xff\xfe garbage", "malformed_json"),
+        (b'{"task_id": NaN}', "malformed_json"),
+        (b"[" * 100000, "malformed_json"),
+        (b"[1, 2]", "invalid_schema"),
+        (b"null", "invalid_schema"),
+        (b'"task"', "invalid_schema"),
+    ],
+)
+def test_malformed_events(raw: bytes, code: str) -> None:
+    assert _code(validate_task_request, raw) == code
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"task_id": ...}, "missing_task_id"),
+        ({"task_id": ""}, "missing_task_id"),
+        ({"task_id": 12}, "invalid_task_id"),
+        ({"task_id": "a/b"}, "invalid_task_id"),
+        ({"task_id": "x" * 129}, "invalid_task_id"),
+        ({"task_id": "t\n1"}, "invalid_task_id"),
+        ({"edit_type": ...}, "missing_edit_type"),
+        ({"edit_type": ["enhance"]}, "invalid_schema"),
+        ({"images": ...}, "no_images"),
+        ({"images": []}, "no_images"),
+        ({"images": {"blob": SHA}}, "invalid_schema"),
+        ({"images": ["a.png"]}, "invalid_image_ref"),
+        ({"images": [{"filename": "a"}]}, "invalid_image_ref"),
+        ({"images": [{"blob": SHA, "url": "https://e.com/x.png"}]}, "invalid_image_ref"),
+        ({"images": [{"blob": SHA, "data": PNG_B64, "url": "https://e.com/x"}]}, "invalid_image_ref"),
+        ({"images": [{"blob": SHA, "filename": 7}]}, "invalid_image_ref"),
+        ({"images": [{"blob": "abc"}]}, "invalid_sha256"),
+        ({"images": [{"blob": "g" * 64}]}, "invalid_sha256"),
+        ({"images": [{"blob": 12345}]}, "invalid_sha256"),
+        ({"images": [{"data": "not base64!!"}]}, "invalid_base64"),
+        ({"images": [{"data": "abc"}]}, "invalid_base64"),
+        ({"images": [{"data": "data:image/png;base64,"}]}, "invalid_base64"),
+        ({"images": [{"data": 5}]}, "invalid_base64"),
+        ({"images": [{"url": "ftp://e.com/x.png"}]}, "invalid_url"),
+        ({"images": [{"url": "/local/x.png"}]}, "invalid_url"),
+        ({"images": [{"url": "https://"}]}, "invalid_url"),
+        ({"edit_params": "seed=1"}, "invalid_edit_params"),
+        ({"edit_params": [1]}, "invalid_edit_params"),
+        ({"submitted_at": "yesterday"}, "invalid_schema"),
+        ({"submitted_at": True}, "invalid_schema"),
+        ({"reply_to": 5}, "invalid_schema"),
+    ],
+)
+def test_invalid_events_have_specific_codes(fields: dict[str, Any], code: str) -> None:
+    assert _code(validate_task_request, _event(**fields)) == code
+
+
+def test_event_then_edit_validation_compose() -> None:
+    task = validate_task_request(_event(images=[{"blob": SHA}] * 4))
+    assert _code(_edit, task.edit_type, task.edit_params, len(task.images)) == "too_many_images"
