@@ -70,6 +70,8 @@ class Settings:
     broker_session_timeout: float = 10.0
     broker_heartbeat_interval: float = 1.0
     broker_rebalance_timeout: float = 20.0
+    #: Where a new consumer group starts: "earliest" (production) or "latest".
+    consumer_auto_offset_reset: str = "earliest"
     #: Seconds between offset commits (Faust ``broker_commit_interval``).
     commit_interval: float = 0.5
     #: Producer linger in seconds: how long a batch waits for company.
@@ -86,6 +88,9 @@ class Settings:
     max_request_bytes: int = 64 * 1024 * 1024
     api_token: str | None = field(default=None, repr=False)
     api_url: str = "http://127.0.0.1:6066"
+    #: How other workers reach this one's web server (for table_route forwarding);
+    #: default ``http://WEB_HOST:WEB_PORT``.  Set it when binding 0.0.0.0.
+    canonical_url: str | None = None
 
     # --- Storage -------------------------------------------------------------------
     data_dir: Path = Path("./data")
@@ -128,8 +133,8 @@ class Settings:
 
     @property
     def web_url(self) -> str:
-        """The URL of this worker's own web server."""
-        return f"http://{self.web_host}:{self.web_port}"
+        """The URL other workers and clients use to reach this worker's web server."""
+        return self.canonical_url or f"http://{self.web_host}:{self.web_port}"
 
     def replace(self, **changes: object) -> Settings:
         """A copy with some fields changed."""

@@ -47,7 +47,7 @@ def build_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=settings.broker_heartbeat_interval,
         broker_rebalance_timeout=settings.broker_rebalance_timeout,
         broker_commit_interval=settings.commit_interval,
-        consumer_auto_offset_reset="earliest",
+        consumer_auto_offset_reset=settings.consumer_auto_offset_reset,
         producer_linger=settings.producer_linger,
         producer_acks=-1,
         # Stream buffers: the agents take control of acks, so a small buffer is enough.
@@ -59,6 +59,7 @@ def build_app(settings: Settings) -> faust.App:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
+        canonical_url=settings.web_url,
         web_application_options={"client_max_size": settings.max_request_bytes},
         web_in_thread=False,
         web_stats_enabled=False,

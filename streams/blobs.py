@@ -14,7 +14,7 @@ import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["BlobStore", "is_sha256"]
+__all__ = ["BlobStore", "is_sha256", "sniff_mime"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -22,6 +22,23 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 def is_sha256(text: str) -> bool:
     """True for a lowercase hex sha256 digest (the only names blobs have)."""
     return bool(_SHA256.match(text))
+
+
+def sniff_mime(head: bytes) -> str:
+    """MIME type of an image from its first 16 bytes (the formats the upstream takes)."""
+    if head.startswith(b"\x89PNG"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head.startswith(b"BM"):
+        return "image/bmp"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "image/tiff"
+    return "application/octet-stream"
 
 
 class BlobStore:

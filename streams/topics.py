@@ -24,6 +24,7 @@ __all__ = [
     "image_edit_requests_topic",
     "image_edit_results_topic",
     "image_edit_task_status_topic",
+    "task_updates_topic",
 ]
 
 
@@ -47,6 +48,9 @@ image_edit_requests_topic = _topic("image-edit-requests")
 image_edit_jobs_topic = _topic("image-edit-jobs")
 image_edit_results_topic = _topic("image-edit-results")
 image_edit_task_status_topic = _topic("image-edit-task-status")
+#: Internal: plans and per-image outcomes, keyed by task_id, in the order they
+#: happened (a task's plan is always written before any of its jobs exist).
+task_updates_topic = _topic("imagestream-task-updates")
 
 # Dimensions --------------------------------------------------------------------------
 dimension_requests_topic = _topic("dimension-requests")
@@ -64,6 +68,7 @@ ALL_TOPICS: tuple[faust.TopicT, ...] = (
     image_edit_jobs_topic,
     image_edit_results_topic,
     image_edit_task_status_topic,
+    task_updates_topic,
     dimension_requests_topic,
     dimension_results_topic,
     dimension_fetch_topic,

@@ -11,12 +11,14 @@ from typing import Any, Optional
 import faust
 
 __all__ = [
+    "CacheEntry",
     "ErrorInfo",
     "ImageJob",
     "ImageRef",
     "ImageResult",
     "TaskRequest",
     "TaskStatus",
+    "TaskUpdate",
 ]
 
 
@@ -96,3 +98,26 @@ class TaskStatus(_Record):
     created_at: float = 0.0
     updated_at: float = 0.0
     error: Optional[ErrorInfo] = None
+
+
+class TaskUpdate(_Record):
+    """Internal (``imagestream-task-updates``): a task's plan or one image's outcome."""
+
+    task_id: str
+    kind: str  # plan | result
+    total_images: int = 0
+    created_at: float = 0.0
+    result: Optional[ImageResult] = None
+    error: Optional[ErrorInfo] = None  # kind=plan: the whole task was refused
+
+
+class CacheEntry(_Record):
+    """Value of the ``edit_cache`` table: where a finished edit's result lives."""
+
+    result_blob: str
+    size: int
+    width: int = 0
+    height: int = 0
+    upstream_request_id: Optional[str] = None
+    upstream_url: Optional[str] = None
+    created_at: float = 0.0

@@ -1,1 +1,187 @@
-"""(filled in by the pipeline work)."""
+"""HTTP API of the image-edit pipeline (DESIGN.md §8).
+
+``POST /api/v1/image-edit/submit`` validates everything it can before anything is
+enqueued (a bad task gets a 400 naming the problem and is never published), stores
+the images in the blob store and publishes one ``TaskRequest``.  Reads of a task go
+to the worker that owns its partition (``table_route``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from aiohttp import BodyPartReader, web
+
+from streams.app import app, settings
+from streams.blobs import is_sha256, sniff_mime
+from streams.errors import ImageTooLarge, InputError, InvalidRequest
+from streams.image_edit.images import inspect_image_in_thread
+from streams.image_edit.models import ImageRef, TaskRequest
+from streams.image_edit.presets import load_presets
+from streams.runtime import runtime
+from streams.image_edit.tables import task_status
+from streams.image_edit.validation import validate_edit_request
+from streams.stats import metrics
+from streams.topics import image_edit_requests_topic
+from streams.web import error_response, readiness
+
+__all__ = ["Submission", "read_submission"]
+
+#: Read uploads in pieces of this size (the cap is checked as they arrive).
+_CHUNK = 256 * 1024
+#: Images inspected (decoded, hashed) at once while a submission is checked.
+_INSPECT_PARALLELISM = 4
+
+
+@dataclass
+class Submission:
+    """The fields of a multipart submit request."""
+
+    edit_type: str | None = None
+    edit_params: str | None = None
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+async def _read_part(part: BodyPartReader, limit: int, what: str) -> bytes:
+    """A part's body, refused with 413 as soon as it grows past ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise ImageTooLarge(f"{what} is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_submission(request: web.Request) -> Submission:
+    """Stream the multipart body: ``images`` files, ``edit_type``, ``edit_params``."""
+    length = request.content_length
+    if length is not None and length > settings.max_request_bytes:
+        raise ImageTooLarge(f"request body of {length} bytes is over the {settings.max_request_bytes} limit")
+    if not (request.content_type or "").startswith("multipart/"):
+        raise InvalidRequest("expected multipart/form-data with images, edit_type, edit_params",
+                             code="invalid_content_type")
+    submission = Submission()
+    try:
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise InvalidRequest("nested multipart is not supported", code="invalid_multipart")
+            name = part.name
+            if name in ("images", "image", "images[]"):
+                filename = part.filename or f"image-{len(submission.files)}"
+                if len(submission.files) >= settings.max_images_per_task:
+                    raise InvalidRequest(f"more than {settings.max_images_per_task} images in one task",
+                                         code="too_many_images")
+                data = await _read_part(part, settings.max_image_bytes, f"image {filename!r}")
+                submission.files.append((filename, data))
+            elif name in ("edit_type", "edit_params"):
+                text = (await _read_part(part, 64 * 1024, name)).decode("utf-8", errors="replace")
+                setattr(submission, name, text)
+            else:
+                await _read_part(part, 64 * 1024, f"field {name!r}")  # read and ignore
+    except (ValueError, AssertionError, UnicodeDecodeError) as exc:
+        # aiohttp raises these for malformed boundaries and headers.
+        raise InvalidRequest(f"malformed multipart body: {exc}", code="invalid_multipart") from None
+    return submission
+
+
+async def _inspect_all(files: list[tuple[str, bytes]]) -> list[Any]:
+    gate = asyncio.Semaphore(_INSPECT_PARALLELISM)
+
+    async def inspect(filename: str, data: bytes) -> Any:
+        async with gate:
+            try:
+                return await inspect_image_in_thread(
+                    data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+                )
+            except InputError as exc:
+                raise type(exc)(f"{filename}: {exc.message}", code=exc.code) from None
+
+    return await asyncio.gather(*(inspect(name, data) for name, data in files))
+
+
+@app.page("/api/v1/image-edit/submit")
+class SubmitTask(faust.web.View):
+    """Accept a task: 202 ``{task_id, status, total_images}``."""
+
+    async def post(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        submission = await read_submission(request)
+        edit_type, prompt, params = validate_edit_request(
+            submission.edit_type,
+            submission.edit_params,
+            len(submission.files),
+            settings,
+            load_presets(),
+        )
+        infos = await _inspect_all(submission.files)
+        blobs = runtime().blobs
+        refs: list[ImageRef] = []
+        for (filename, data), info in zip(submission.files, infos, strict=True):
+            sha = await blobs.put(data, info.sha256)
+            refs.append(ImageRef(filename=filename, blob=sha))
+        task_id = uuid.uuid4().hex
+        task = TaskRequest(
+            task_id=task_id,
+            edit_type=edit_type,
+            edit_params={**params, "prompt": prompt},
+            images=refs,
+            submitted_at=time.time(),
+        )
+        await image_edit_requests_topic.send(key=task_id, value=task)
+        metrics.inc("tasks_submitted_total", source="http")
+        metrics.inc("submit_seconds_total", time.perf_counter() - started)
+        return self.json({"task_id": task_id, "status": "pending", "total_images": len(refs)}, status=202)
+
+
+@app.page("/api/v1/image-edit/task/{task_id}")
+class TaskStatusView(faust.web.View):
+    """The task's status, answered by the worker that owns its partition."""
+
+    async def get(self, request: web.Request, task_id: str) -> web.Response:
+        if not readiness.ready:
+            return _not_ready()
+        return await self._get_routed(request, task_id=task_id)
+
+    @app.table_route(table=task_status, match_info="task_id")
+    async def _get_routed(self, request: web.Request, task_id: str) -> web.Response:
+        status = task_status.get(task_id)
+        if status is None:
+            return error_response(404, "task_not_found", f"no task {task_id!r}")
+        return self.json(status.asdict())
+
+
+def _not_ready() -> web.Response:
+    response = error_response(503, "not_ready", "worker is joining the group or recovering tables; retry shortly")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+@app.page("/api/v1/blobs/{sha256}")
+class BlobView(faust.web.View):
+    """Bytes of an input or result image, by content hash (immutable, cacheable)."""
+
+    async def get(self, request: web.Request, sha256: str) -> web.StreamResponse:
+        if not is_sha256(sha256):
+            return error_response(400, "invalid_blob_id", "blob ids are lowercase hex sha256 digests")
+        path = runtime().blobs.path(sha256)
+        if not path.is_file():
+            return error_response(404, "blob_not_found", f"no blob {sha256}")
+        with path.open("rb") as fh:
+            head = fh.read(16)
+        return web.FileResponse(
+            path,
+            headers={
+                "Content-Type": sniff_mime(head),
+                "Cache-Control": "public, max-age=31536000, immutable",
+                "ETag": f'"{sha256}"',
+            },
+        )
+

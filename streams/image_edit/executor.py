@@ -1,0 +1,199 @@
+"""Runs one image job against the upstream: the miss path of the edit agent.
+
+    single-flight per cache key  (N identical jobs in flight → 1 upstream call)
+      → per-partition sliding window (at most ``upstream_concurrency`` in flight)
+        → optional requests/second limiter (the account's quota, per worker)
+          → DashScope call through the SDK, retried with backoff + jitter
+            → result image downloaded into the blob store (upstream URLs expire)
+
+No Kafka here: the agent passes a job in and gets an :class:`ImageResult` and, for
+a fresh result, the :class:`CacheEntry` to store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import aiohttp
+
+from config import Settings
+from streams.blobs import BlobStore, sniff_mime
+from streams.errors import ImagestreamError, UpstreamError, UpstreamRateLimited, UpstreamUnavailable
+from streams.image_edit.limits import RateLimiter, SingleFlight, SlidingWindow
+from streams.image_edit.models import CacheEntry, ErrorInfo, ImageJob, ImageResult
+from streams.image_edit.retry import RetryPolicy, decide
+from streams.stats import metrics
+from streams.upstream import DashScopeEditor
+
+__all__ = ["EditExecutor", "JobOutcome", "result_url_for"]
+
+log = logging.getLogger(__name__)
+
+#: Result images larger than this are refused (the upstream's are a few MB).
+MAX_RESULT_BYTES = 64 * 1024 * 1024
+RESULT_DOWNLOAD_ATTEMPTS = 3
+
+
+def result_url_for(settings: Settings, blob: str) -> str:
+    """Where clients download a result: our own blob API, not the expiring upstream URL."""
+    return f"{settings.api_url.rstrip('/')}/api/v1/blobs/{blob}"
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    result: ImageResult
+    #: Set when this call produced a new result that belongs in the cache.
+    new_entry: CacheEntry | None = None
+
+
+class EditExecutor:
+    """Owns the upstream limits of one worker; one instance per worker."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        blobs: BlobStore,
+        editor: DashScopeEditor,
+        http: aiohttp.ClientSession,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.blobs = blobs
+        self.editor = editor
+        self.http = http
+        self.rng = rng or random.Random()
+        self.windows: dict[int, SlidingWindow] = defaultdict(lambda: SlidingWindow(settings.upstream_concurrency))
+        self.flights: SingleFlight[str, CacheEntry] = SingleFlight()
+        self.limiter = (
+            RateLimiter(settings.upstream_rps, burst=max(1.0, settings.upstream_rps))
+            if settings.upstream_rps
+            else None
+        )
+        self.policy = RetryPolicy(
+            max_attempts=settings.upstream_max_attempts,
+            base_delay=settings.upstream_backoff_base,
+            max_delay=settings.upstream_backoff_max,
+        )
+
+    # ------------------------------------------------------------------------------
+    def hit(self, job: ImageJob, entry: CacheEntry, started: float) -> ImageResult:
+        """The result for a cache hit."""
+        return self._result(job, entry, started, status="HIT")
+
+    async def run(self, job: ImageJob, *, partition: int) -> JobOutcome:
+        """Produce the result of a job that missed the cache; never raises for job errors."""
+        started = time.monotonic()
+        try:
+            entry, leader = await self.flights.run(job.cache_key, lambda: self._compute(job, partition))
+        except ImagestreamError as exc:
+            metrics.inc("images_failed_total", code=exc.code)
+            return JobOutcome(self._failed(job, exc, started))
+        if leader:
+            return JobOutcome(self._result(job, entry, started, status="MISS"), new_entry=entry)
+        metrics.inc("upstream_calls_saved_total", reason="coalesced")
+        return JobOutcome(self._result(job, entry, started, status="COALESCED"))
+
+    # ------------------------------------------------------------------------------
+    async def _compute(self, job: ImageJob, partition: int) -> CacheEntry:
+        image = await self.blobs.get(job.blob)
+        mime = sniff_mime(image[:16])
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                outcome = await self._call(job, image, mime, partition)
+                break
+            except UpstreamError as exc:
+                decision = decide(exc, attempt, policy=self.policy, rng=self.rng)
+                metrics.inc("upstream_errors_total", code=exc.code)
+                if isinstance(exc, UpstreamRateLimited):
+                    metrics.inc("upstream_429_total", burst=str(exc.burst).lower())
+                    if exc.burst and self.limiter is not None:
+                        self.limiter.slow_start()
+                if not decision.retry:
+                    raise
+                metrics.inc("upstream_retries_total", code=exc.code)
+                log.info("retrying %s after %s (attempt %d, %.2fs)", job.cache_key[:12], exc.code, attempt,
+                         decision.delay)
+                await asyncio.sleep(decision.delay)  # backoff outside the window: the slot is free meanwhile
+        data = await self._download(outcome.result_url)
+        blob = await self.blobs.put(data)
+        return CacheEntry(
+            result_blob=blob,
+            size=len(data),
+            width=outcome.width or 0,
+            height=outcome.height or 0,
+            upstream_request_id=outcome.request_id,
+            upstream_url=outcome.result_url,
+            created_at=time.time(),
+        )
+
+    async def _call(self, job: ImageJob, image: bytes, mime: str, partition: int):  # type: ignore[no-untyped-def]
+        async with self.windows[partition]:
+            if self.limiter is not None:
+                await self.limiter.acquire()
+            metrics.inc("upstream_calls_total")
+            return await self.editor.edit(image=image, mime=mime, prompt=job.prompt, params=job.params)
+
+    async def _download(self, url: str) -> bytes:
+        last: Exception | None = None
+        for attempt in range(1, RESULT_DOWNLOAD_ATTEMPTS + 1):
+            try:
+                async with self.http.get(url) as resp:
+                    if resp.status != 200:
+                        raise UpstreamUnavailable(f"result download answered HTTP {resp.status}",
+                                                  code="result_download_failed", http_status=resp.status)
+                    if (resp.content_length or 0) > MAX_RESULT_BYTES:
+                        raise UpstreamUnavailable("result image too large", code="result_download_failed")
+                    data = await resp.content.read(MAX_RESULT_BYTES + 1)
+                    if len(data) > MAX_RESULT_BYTES:
+                        raise UpstreamUnavailable("result image too large", code="result_download_failed")
+                    return data
+            except (aiohttp.ClientError, asyncio.TimeoutError, UpstreamUnavailable) as exc:
+                last = exc
+                await asyncio.sleep(min(2.0, 0.2 * 2**attempt) * self.rng.random())
+        if isinstance(last, UpstreamUnavailable):
+            raise last
+        raise UpstreamUnavailable(f"result download failed: {type(last).__name__}", code="result_download_failed")
+
+    # ------------------------------------------------------------------------------
+    def _result(self, job: ImageJob, entry: CacheEntry, started: float, *, status: str) -> ImageResult:
+        if status != "MISS":
+            metrics.inc("cache_hits_total", kind=status.lower())
+        else:
+            metrics.inc("cache_misses_total")
+        metrics.inc("images_completed_total", from_cache=str(status != "MISS").lower())
+        return ImageResult(
+            task_id=job.task_id,
+            index=job.index,
+            filename=job.filename,
+            status="completed",
+            result_url=result_url_for(self.settings, entry.result_blob),
+            from_cache=status != "MISS",
+            cache_key=job.cache_key,
+            cache_status=status,
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+            upstream_request_id=entry.upstream_request_id,
+            result_blob=entry.result_blob,
+        )
+
+    def _failed(self, job: ImageJob, exc: ImagestreamError, started: float) -> ImageResult:
+        return ImageResult(
+            task_id=job.task_id,
+            index=job.index,
+            filename=job.filename,
+            status="failed",
+            from_cache=False,
+            error=ErrorInfo(code=exc.code, message=exc.message),
+            cache_key=job.cache_key,
+            cache_status="MISS",
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+            upstream_request_id=getattr(exc, "request_id", None),
+        )
+

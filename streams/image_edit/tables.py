@@ -1,0 +1,31 @@
+"""Tables of the image-edit pipeline (RocksDB, changelogged to Kafka)."""
+
+from __future__ import annotations
+
+from streams.app import app, rocksdb_options, settings
+from streams.codecs import JSON_KEY
+from streams.image_edit.models import CacheEntry, TaskStatus
+
+__all__ = ["edit_cache", "task_status"]
+
+#: task_id → TaskStatus; fed by ``imagestream-task-updates`` (same key, same partitions).
+task_status = app.Table(
+    "task_status",
+    key_type=str,
+    value_type=TaskStatus,
+    partitions=settings.topic_partitions,
+    key_serializer=JSON_KEY,
+    value_serializer="json",
+    options=rocksdb_options(settings),
+)
+
+#: cache key → CacheEntry; fed by ``image-edit-jobs`` (keyed by cache key).
+edit_cache = app.Table(
+    "edit_cache",
+    key_type=str,
+    value_type=CacheEntry,
+    partitions=settings.topic_partitions,
+    key_serializer=JSON_KEY,
+    value_serializer="json",
+    options=rocksdb_options(settings),
+)

@@ -1,0 +1,221 @@
+"""Helpers shared by the tests: deadlines, free ports, Kafka I/O, processes.
+
+Nothing here sleeps to synchronise: every wait polls a condition until a deadline
+and fails with what it last saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+ARTIFACTS = REPO / "test-artifacts"
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Poll ``check`` until it returns something truthy or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = await check()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 - reported on timeout
+            last_error = exc
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last error: {last_error!r}")
+        await asyncio.sleep(interval)
+
+
+def wait_for_sync(check: Callable[[], T | None], *, timeout: float, interval: float = 0.1, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001
+            last_error = exc
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last error: {last_error!r}")
+        time.sleep(interval)
+
+
+# --- processes ----------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    """A child process with its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if not self.alive():
+            return
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(10)
+
+    def kill(self) -> None:
+        """``kill -9``."""
+        if self.alive():
+            self.popen.kill()
+            self.popen.wait(10)
+
+
+def spawn(name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Proc:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+    full_env = {**os.environ, **env}
+    popen = subprocess.Popen(args, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+    log_file.close()
+    return Proc(name=name, popen=popen, log_path=log_path, env=dict(env))
+
+
+def imagestream_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "producers.cli", *args]
+
+
+def http_status(url: str, timeout: float = 2.0) -> int:
+    """Status of a GET (blocking; for fixtures that run outside the event loop)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+async def http_ok(url: str, *, status: int = 200) -> bool:
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.get(url) as resp:
+            return resp.status == status
+
+
+# --- Kafka --------------------------------------------------------------------------
+
+
+def jkey(key: str) -> bytes:
+    """A key as the app writes it (JSON string)."""
+    return json.dumps(key).encode()
+
+
+async def produce(bootstrap: str, topic: str, value: bytes | Mapping[str, Any], key: bytes | str | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+        raw_key = key.encode() if isinstance(key, str) else key
+        await producer.send_and_wait(topic, raw, key=raw_key)
+    finally:
+        await producer.stop()
+
+
+class TopicReader:
+    """Reads a topic from the offsets it had when opened (so only new events count)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        self.seen: list[tuple[bytes | None, bytes]] = []
+
+    async def __aenter__(self) -> TopicReader:
+        await self.consumer.start()
+        partitions = await wait_for(
+            lambda: _partitions(self.consumer, self.topic), timeout=30, what=f"topic {self.topic}"
+        )
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end offsets now, before anything is produced
+            await self.consumer.position(tp)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def collect(
+        self, match: Callable[[dict[str, Any]], bool], *, count: int = 1, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """Wait until ``count`` JSON values matching ``match`` have arrived."""
+        found: list[dict[str, Any]] = [v for v in self._decoded() if match(v)]
+        deadline = time.monotonic() + timeout
+        while len(found) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.topic}: saw {len(found)}/{count} matching events in {timeout}s")
+            batch = await self.consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
+            for records in batch.values():
+                for record in records:
+                    self.seen.append((record.key, record.value))
+                    value = _try_json(record.value)
+                    if value is not None and match(value):
+                        found.append(value)
+        return found
+
+    def _decoded(self) -> list[dict[str, Any]]:
+        return [v for _, raw in self.seen if (v := _try_json(raw)) is not None]
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int] | None:
+    await consumer._client.force_metadata_update()  # noqa: SLF001 - no public refresh
+    return consumer.partitions_for_topic(topic)
+
+
+def _try_json(raw: bytes | None) -> Any:
+    try:
+        return json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
