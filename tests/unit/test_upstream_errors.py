@@ -1,0 +1,168 @@
+"""translate() / translate_exception(): DashScope answers and transport failures → our errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from dashscope.common.error import AuthenticationError, InvalidInput
+
+from emulator.faults import ERRORS, Fault
+from streams.errors import (
+    UpstreamQuotaExhausted,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from streams.upstream import translate, translate_exception
+
+
+def test_rate_limit_exceeded_is_retriable_rate_limit() -> None:
+    err = translate(
+        429, "Throttling.RateQuota", "Requests rate limit exceeded, please try again later.", "r1"
+    )
+    assert type(err) is UpstreamRateLimited
+    assert err.retriable and not err.burst
+    assert err.code == "rate_limited"
+    assert err.http_status == 429 and err.request_id == "r1"
+    assert "Requests rate limit exceeded" in err.message
+
+
+def test_burst_refusal_is_rate_limit_with_burst_flag() -> None:
+    err = translate(
+        429, "Throttling.RateQuota", "Request rate increased too quickly, please slow down.", "r2"
+    )
+    assert type(err) is UpstreamRateLimited
+    assert err.burst and err.retriable
+
+
+@pytest.mark.parametrize("code", ["Throttling.RateQuota", "Throttling.AllocationQuota", None])
+def test_allocated_quota_exceeded_is_not_retriable(code: str | None) -> None:
+    err = translate(429, code, "Allocated quota exceeded, please increase your quota limit.", "r3")
+    assert type(err) is UpstreamQuotaExhausted
+    assert not err.retriable
+    assert err.code == "quota_exhausted"
+
+
+def test_free_quota_message_variant_is_also_quota() -> None:
+    err = translate(429, "Throttling.AllocationQuota", "Free allocated quota exceeded.", None)
+    assert isinstance(err, UpstreamQuotaExhausted)
+
+
+def test_other_429_is_plain_rate_limit() -> None:
+    err = translate(429, "Throttling", "Requests throttling triggered.", "r4")
+    assert type(err) is UpstreamRateLimited and not err.burst
+
+
+@pytest.mark.parametrize("fault", [Fault.THROTTLE_RATE, Fault.THROTTLE_BURST, Fault.QUOTA_EXCEEDED])
+def test_emulator_429_bodies_map_as_intended(fault: Fault) -> None:
+    spec = ERRORS[fault]
+    err = translate(spec.status, spec.code, spec.message, "rid")
+    expected = {
+        Fault.THROTTLE_RATE: (UpstreamRateLimited, False),
+        Fault.THROTTLE_BURST: (UpstreamRateLimited, True),
+        Fault.QUOTA_EXCEEDED: (UpstreamQuotaExhausted, None),
+    }[fault]
+    assert type(err) is expected[0]
+    if expected[1] is not None:
+        assert err.burst is expected[1]  # type: ignore[attr-defined]
+
+
+def test_401_is_rejected_invalid_api_key() -> None:
+    err = translate(401, "InvalidApiKey", "Invalid API-key provided.", "r5")
+    assert type(err) is UpstreamRejected
+    assert err.code == "InvalidApiKey" and not err.retriable and err.http_status == 401
+
+
+def test_401_without_code_defaults_to_invalid_api_key() -> None:
+    assert translate(401, None, None, None).code == "InvalidApiKey"
+
+
+def test_403_keeps_upstream_code() -> None:
+    err = translate(403, "AccessDenied.Unpurchased", "Access to model denied.", "r6")
+    assert type(err) is UpstreamRejected and err.code == "AccessDenied.Unpurchased"
+
+
+@pytest.mark.parametrize(
+    "code", ["DataInspectionFailed", "InvalidParameter", "InvalidURL", "Arrearage"]
+)
+def test_other_4xx_rejected_with_upstream_code(code: str) -> None:
+    err = translate(400, code, "something about the input", "r7")
+    assert type(err) is UpstreamRejected
+    assert err.code == code and not err.retriable and err.http_status == 400
+
+
+def test_4xx_without_code_gets_a_stable_one() -> None:
+    assert translate(413, None, "Payload Too Large", None).code == "http_413"
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_5xx_is_unavailable_and_retriable(status: int) -> None:
+    err = translate(status, "InternalError", "An internal error has occured", "r8")
+    assert type(err) is UpstreamUnavailable
+    assert err.retriable and err.code == "upstream_unavailable" and err.http_status == status
+
+
+def test_missing_status_is_unavailable() -> None:
+    assert type(translate(None, None, None, None)) is UpstreamUnavailable
+
+
+def test_empty_request_id_becomes_none() -> None:
+    assert translate(500, "InternalError", "x", "").request_id is None
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        TimeoutError(),
+        asyncio.TimeoutError(),
+        aiohttp.ServerTimeoutError("read timeout"),
+        aiohttp.ConnectionTimeoutError("connect timeout"),
+    ],
+)
+def test_timeouts(exc: BaseException) -> None:
+    err = translate_exception(exc)
+    assert type(err) is UpstreamUnavailable and err.code == "timeout" and err.retriable
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        aiohttp.ServerDisconnectedError(),
+        aiohttp.ClientConnectionError("reset"),
+        aiohttp.ClientOSError(104, "Connection reset by peer"),
+        aiohttp.ClientPayloadError("truncated"),
+        ConnectionResetError(104, "Connection reset by peer"),
+        ConnectionRefusedError(111, "refused"),
+    ],
+)
+def test_connection_failures(exc: BaseException) -> None:
+    err = translate_exception(exc)
+    assert type(err) is UpstreamUnavailable and err.code == "connection_error" and err.retriable
+
+
+def test_unreadable_response_is_bad_response() -> None:
+    exc = aiohttp.ContentTypeError(None, (), status=200, message="not json")  # type: ignore[arg-type]
+    err = translate_exception(exc)
+    assert type(err) is UpstreamUnavailable and err.code == "bad_response"
+
+
+def test_sdk_without_api_key_is_rejected_invalid_api_key() -> None:
+    err = translate_exception(AuthenticationError("No api key provided."))
+    assert type(err) is UpstreamRejected and err.code == "InvalidApiKey"
+
+
+def test_other_sdk_errors_are_rejected_not_retried() -> None:
+    err = translate_exception(InvalidInput("The file: x is not exists!"))
+    assert type(err) is UpstreamRejected and not err.retriable
+
+
+def test_unknown_exception_is_unavailable() -> None:
+    err = translate_exception(TypeError("'NoneType' object is not a mapping"))
+    assert type(err) is UpstreamUnavailable and err.code == "bad_response"
+
+
+def test_already_translated_passes_through() -> None:
+    original = UpstreamRateLimited("x")
+    assert translate_exception(original) is original
