@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,7 +135,12 @@ class Settings:
     @property
     def web_url(self) -> str:
         """The URL other workers and clients use to reach this worker's web server."""
-        return self.canonical_url or f"http://{self.web_host}:{self.web_port}"
+        if self.canonical_url:
+            return self.canonical_url
+        host = self.web_host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()  # bound to every interface: others reach us by name
+        return f"http://{host}:{self.web_port}"
 
     def replace(self, **changes: object) -> Settings:
         """A copy with some fields changed."""
