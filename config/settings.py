@@ -67,6 +67,9 @@ class Settings:
     app_id: str = "imagestream"
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_partitions: int = 8
+    #: Prepended to every topic name (default none: the fixed names of DESIGN.md §4).
+    #: Lets several deployments (staging, tests) share one Kafka cluster.
+    topic_prefix: str = ""
     #: Faust consumer-group timings, tuned for quick joins on a small cluster.
     broker_session_timeout: float = 10.0
     broker_heartbeat_interval: float = 1.0

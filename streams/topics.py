@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import faust
 
-from streams.app import app
+from streams.app import app, settings
 from streams.codecs import JSON_KEY
 
 __all__ = [
@@ -33,7 +33,7 @@ def _topic(name: str, *, compacted: bool = False) -> faust.TopicT:
     # validators (a bad event becomes a dead letter, not an agent crash);
     # producers send Records, which serialise themselves as plain JSON.
     return app.topic(
-        name,
+        settings.topic_prefix + name,
         key_type=str,
         value_type=bytes,
         key_serializer=JSON_KEY,

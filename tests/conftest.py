@@ -113,6 +113,10 @@ class Worker:
     app_id: str
     proc: Proc
 
+    def topic(self, name: str) -> str:
+        """The worker's name for a topic (tests give each worker group a prefix)."""
+        return f"{self.app_id}.{name}"
+
 
 def start_worker(
     name: str,
@@ -121,7 +125,7 @@ def start_worker(
     emulator: Emulator,
     data_dir: Path,
     app_id: str,
-    partitions: int = 4,
+    partitions: int = 1,
     extra_env: dict[str, str] | None = None,
     port: int | None = None,
 ) -> Worker:
@@ -134,9 +138,9 @@ def start_worker(
         "IMAGESTREAM_WEB_PORT": str(port),
         "IMAGESTREAM_API_URL": f"http://127.0.0.1:{port}",
         "IMAGESTREAM_TOPIC_PARTITIONS": str(partitions),
-        # A fresh consumer group per test session starts at the end of the shared
-        # topics, so events left by earlier sessions on this broker are not replayed.
-        "IMAGESTREAM_CONSUMER_AUTO_OFFSET_RESET": "latest",
+        # Topics of their own: events left by earlier sessions on this broker are
+        # not replayed, and each worker group can have its own partition count.
+        "IMAGESTREAM_TOPIC_PREFIX": f"{app_id}.",
         "IMAGESTREAM_FETCH_ALLOWLIST": "127.0.0.1",
         "DASHSCOPE_HTTP_BASE_URL": emulator.api_url,
         "DASHSCOPE_API_KEY": emulator.api_key,
@@ -166,7 +170,8 @@ def session_id() -> str:
 @pytest.fixture(scope="session")
 def worker(kafka_bootstrap: str, emulator: Emulator, tmp_path_factory: pytest.TempPathFactory,
            session_id: str) -> Iterator[Worker]:
-    """One worker for the session (both pipelines, HTTP API), 4 partitions."""
+    """One worker for the session (both pipelines, HTTP API) on 1 partition, so the
+    per-partition upstream window is also the whole worker's."""
     data_dir = tmp_path_factory.mktemp("worker-data")
     w = start_worker("worker", kafka_bootstrap=kafka_bootstrap, emulator=emulator, data_dir=data_dir,
                      app_id=f"imagestream-test-{session_id}")

@@ -71,15 +71,11 @@ class EditExecutor:
         self.windows: dict[int, SlidingWindow] = defaultdict(lambda: SlidingWindow(settings.upstream_concurrency))
         self.flights: SingleFlight[str, CacheEntry] = SingleFlight()
         self.limiter = (
-            RateLimiter(settings.upstream_rps, burst=max(1.0, settings.upstream_rps))
+            RateLimiter(settings.upstream_rps, burst=max(1, int(settings.upstream_rps)))
             if settings.upstream_rps
             else None
         )
-        self.policy = RetryPolicy(
-            max_attempts=settings.upstream_max_attempts,
-            base_delay=settings.upstream_backoff_base,
-            max_delay=settings.upstream_backoff_max,
-        )
+        self.policy = RetryPolicy.from_settings(settings)
 
     # ------------------------------------------------------------------------------
     def hit(self, job: ImageJob, entry: CacheEntry, started: float) -> ImageResult:
@@ -90,14 +86,14 @@ class EditExecutor:
         """Produce the result of a job that missed the cache; never raises for job errors."""
         started = time.monotonic()
         try:
-            entry, leader = await self.flights.run(job.cache_key, lambda: self._compute(job, partition))
+            flight = await self.flights.run(job.cache_key, lambda: self._compute(job, partition))
         except ImagestreamError as exc:
             metrics.inc("images_failed_total", code=exc.code)
             return JobOutcome(self._failed(job, exc, started))
-        if leader:
-            return JobOutcome(self._result(job, entry, started, status="MISS"), new_entry=entry)
+        if flight.leader:
+            return JobOutcome(self._result(job, flight.value, started, status="MISS"), new_entry=flight.value)
         metrics.inc("upstream_calls_saved_total", reason="coalesced")
-        return JobOutcome(self._result(job, entry, started, status="COALESCED"))
+        return JobOutcome(self._result(job, flight.value, started, status="COALESCED"))
 
     # ------------------------------------------------------------------------------
     async def _compute(self, job: ImageJob, partition: int) -> CacheEntry:
