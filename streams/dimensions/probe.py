@@ -381,6 +381,9 @@ def _is_webp(d: bytes) -> bool | None:
 
 
 def _is_bmff(d: bytes) -> bool | None:
+    # A 32-bit big-endian box size first: an ftyp box is never 64 KiB or more.
+    if _prefix(d, b"\0\0") is False:
+        return False
     return _prefix(d[4:], b"ftyp") if len(d) > 4 else None
 
 
