@@ -1,0 +1,193 @@
+"""Task aggregation as pure functions (DESIGN.md §6 step 3).
+
+A task's :class:`~streams.image_edit.models.TaskStatus` moves
+``pending → processing → completed | partial | failed``:
+
+* ``pending`` — created, no image finished (:func:`new_status`);
+* ``processing`` — jobs fanned out (:func:`mark_processing`) or some images finished;
+* ``completed`` — every image completed; ``failed`` — every image failed, or the
+  task itself was refused (:func:`mark_task_failed`); ``partial`` — some of each.
+
+Rules of :func:`apply_result` (idempotent per ``(task_id, index)``):
+
+* A duplicate or replayed result never double-counts: counts are recomputed from
+  the per-index results, which hold at most one result per index.
+* **The first terminal result for an index wins, except that a ``completed`` result
+  replaces a ``failed`` one.**  A success is a fact (the picture exists, it was
+  billed, it is cached); a failure may be a transient one that a replay or a
+  duplicate job for the same key later got past.  So a late ``failed`` never undoes
+  ``completed``, and a second ``completed`` does not replace the first (the first
+  one's ``result_url`` is what clients may already have).
+* A task failed as a whole (``mark_task_failed``) ignores later image results.
+* ``progress`` is ``100 × finished / total`` rounded to one decimal; a task failed
+  as a whole shows 100 (it is finished).
+
+Inputs are never mutated; a changed status is a new record.  Each update copies the
+result list once and recomputes counts: O(n) per update, O(n²) per task, which for
+``max_images_per_task`` = 50 is at most 2,500 cheap steps per task — simpler and
+self-healing compared to keeping a separate index.  Results stay sorted by index
+(binary search finds the slot).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Mapping
+from typing import Any
+
+from streams.errors import ImagestreamError
+from streams.image_edit.models import ErrorInfo, ImageResult, TaskStatus
+
+__all__ = [
+    "COMPLETED",
+    "FAILED",
+    "PARTIAL",
+    "PENDING",
+    "PROCESSING",
+    "TERMINAL_STATES",
+    "apply_result",
+    "is_terminal",
+    "mark_processing",
+    "mark_task_failed",
+    "new_status",
+    "progress_of",
+]
+
+PENDING = "pending"
+PROCESSING = "processing"
+COMPLETED = "completed"
+PARTIAL = "partial"
+FAILED = "failed"
+TERMINAL_STATES = frozenset({COMPLETED, PARTIAL, FAILED})
+
+_IMAGE_STATES = frozenset({COMPLETED, FAILED})
+
+
+def progress_of(finished: int, total: int) -> float:
+    """Percent finished, one decimal (0.0 for an empty task)."""
+    if total <= 0:
+        return 0.0
+    return round(100.0 * min(finished, total) / total, 1)
+
+
+def is_terminal(status: TaskStatus) -> bool:
+    """Whether the task has reached completed, partial or failed."""
+    return status.status in TERMINAL_STATES
+
+
+def _replace(current: TaskStatus, /, **changes: Any) -> TaskStatus:
+    fields = current.asdict()
+    fields.update(changes)
+    return TaskStatus(**fields)
+
+
+def new_status(task_id: str, total: int, now: float) -> TaskStatus:
+    """A ``pending`` status for a task of ``total`` images created at ``now``."""
+    if total < 0:
+        raise ValueError("total must be >= 0")
+    return TaskStatus(
+        task_id=task_id,
+        status=PENDING,
+        total_images=total,
+        completed_images=0,
+        failed_images=0,
+        progress=0.0,
+        results=[],
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def mark_processing(status: TaskStatus, now: float) -> tuple[TaskStatus, bool]:
+    """``pending → processing`` (jobs were fanned out); anything else is unchanged."""
+    if status.status != PENDING:
+        return status, False
+    return _replace(status, status=PROCESSING, updated_at=now), True
+
+
+def _supersedes(new: ImageResult, old: ImageResult) -> bool:
+    return new.status == COMPLETED and old.status == FAILED
+
+
+def _task_state(completed: int, failed: int, total: int) -> str:
+    if completed + failed < total:
+        return PROCESSING
+    if failed == 0:
+        return COMPLETED
+    return FAILED if completed == 0 else PARTIAL
+
+
+def _check_result(status: TaskStatus, result: ImageResult) -> None:
+    if result.task_id != status.task_id:
+        raise ValueError(f"result for task {result.task_id!r} applied to {status.task_id!r}")
+    if not 0 <= result.index < status.total_images:
+        raise ValueError(f"result index {result.index} outside 0..{status.total_images - 1}")
+    if result.status not in _IMAGE_STATES:
+        raise ValueError(f"result status must be completed or failed, got {result.status!r}")
+
+
+def apply_result(status: TaskStatus, result: ImageResult, now: float) -> tuple[TaskStatus, bool]:
+    """Fold one image result into the task status; ``changed`` is False for no-ops.
+
+    Raises :class:`ValueError` for a result that cannot belong to this task (other
+    task_id, index out of range, non-terminal status): the caller dead-letters it.
+    """
+    _check_result(status, result)
+    if status.status == FAILED and status.error is not None:
+        return status, False  # the task failed as a whole; late results change nothing
+    results = list(status.results)
+    pos = bisect_left([r.index for r in results], result.index)
+    if pos < len(results) and results[pos].index == result.index:
+        if not _supersedes(result, results[pos]):
+            return status, False
+        results[pos] = result
+    else:
+        results.insert(pos, result)
+    completed = sum(1 for r in results if r.status == COMPLETED)
+    failed = len(results) - completed
+    return (
+        _replace(
+            status,
+            status=_task_state(completed, failed, status.total_images),
+            completed_images=completed,
+            failed_images=failed,
+            progress=progress_of(completed + failed, status.total_images),
+            results=results,
+            updated_at=now,
+        ),
+        True,
+    )
+
+
+def _error_info(error: ErrorInfo | ImagestreamError | Mapping[str, Any]) -> ErrorInfo:
+    if isinstance(error, ErrorInfo):
+        return error
+    if isinstance(error, ImagestreamError):
+        return ErrorInfo(code=error.code, message=error.message)
+    return ErrorInfo(code=str(error["code"]), message=str(error.get("message", "")))
+
+
+def mark_task_failed(
+    status: TaskStatus,
+    error: ErrorInfo | ImagestreamError | Mapping[str, Any],
+    now: float | None = None,
+) -> TaskStatus:
+    """Fail the whole task (e.g. it did not validate) with ``error``.
+
+    Image counts and results are kept as they are; ``progress`` becomes 100.
+    ``now`` defaults to the status's own ``updated_at``.  Failing an already
+    failed task with the same error returns it unchanged.
+    """
+    info = _error_info(error)
+    if status.status == FAILED and status.error is not None and (
+        status.error.code,
+        status.error.message,
+    ) == (info.code, info.message):
+        return status
+    return _replace(
+        status,
+        status=FAILED,
+        error=info,
+        progress=100.0,
+        updated_at=status.updated_at if now is None else now,
+    )
