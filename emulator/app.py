@@ -361,12 +361,16 @@ def _parse_call(body: Any, config: EmulatorConfig) -> _EditRequest:
         raise _invalid("Request body must be a JSON object.")
     model = body.get("model")
     if not model:
-        raise _ApiError(400, "BadRequest.EmptyModel", 'Required parameter "model" missing from request.')
+        raise _ApiError(
+            400, "BadRequest.EmptyModel", 'Required parameter "model" missing from request.'
+        )
     if not isinstance(model, str) or model not in config.models:
         raise _invalid("Model not exist.")
     payload = body.get("input")
     if not isinstance(payload, dict) or not payload:
-        raise _ApiError(400, "BadRequest.EmptyInput", "Required input parameter missing from request.")
+        raise _ApiError(
+            400, "BadRequest.EmptyInput", "Required input parameter missing from request."
+        )
     messages = payload.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _invalid("Field required: input.messages")
@@ -411,7 +415,8 @@ def _parse_call(body: Any, config: EmulatorConfig) -> _EditRequest:
         not isinstance(negative, str) or len(negative) > config.max_negative_prompt_chars
     ):
         raise _invalid(
-            f"negative_prompt must be a string of at most {config.max_negative_prompt_chars} characters."
+            "negative_prompt must be a string of at most "
+            f"{config.max_negative_prompt_chars} characters."
         )
     seed = params.get("seed")
     if seed is not None and (
@@ -483,9 +488,13 @@ async def _fetch_image(state: EmulatorState, url: str) -> bytes:
                     chunks.append(chunk)
                 return b"".join(chunks)
     except TimeoutError:
-        raise _invalid("Download the media resource timed out during the data inspection process.") from None
+        raise _invalid(
+            "Download the media resource timed out during the data inspection process."
+        ) from None
     except aiohttp.ClientError as exc:
-        raise _invalid(f"Failed to download the image from the provided URL: {type(exc).__name__}.") from None
+        raise _invalid(
+            f"Failed to download the image from the provided URL: {type(exc).__name__}."
+        ) from None
 
 
 async def _load_image(state: EmulatorState, image: str) -> bytes:

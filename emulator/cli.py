@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -143,7 +145,13 @@ async def _serve(config: EmulatorConfig, host: str, port: int) -> None:
             config.account_rps or "off",
             len(config.api_keys),
         )
-        await asyncio.Event().wait()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("DashScope emulator stopping")
     finally:
         await runner.cleanup()
 
@@ -167,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     except OSError as exc:
-        print(f"imagestream emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        where = f"{args.host}:{args.port}"
+        print(f"imagestream emulator: cannot listen on {where}: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -177,7 +177,9 @@ class _NoUploadConversation(dashscope.AioMultiModalConversation):
     """The SDK's call without its local-file upload step (see the module docstring)."""
 
     @classmethod
-    def _preprocess_messages(cls, model: str, messages: list[dict], api_key: str) -> bool:  # type: ignore[override]
+    def _preprocess_messages(  # type: ignore[override]
+        cls, model: str, messages: list[dict[str, Any]], api_key: str | None
+    ) -> bool:
         return False
 
 
@@ -292,7 +294,9 @@ def _outcome(response: Any) -> EditOutcome:
     try:
         choices = response.output["choices"]
         items = choices[0]["message"]["content"]
-        urls = tuple(item["image"] for item in items if isinstance(item, Mapping) and item.get("image"))
+        urls = tuple(
+            item["image"] for item in items if isinstance(item, Mapping) and item.get("image")
+        )
     except (AttributeError, KeyError, IndexError, TypeError):
         urls = ()
     if not urls:
