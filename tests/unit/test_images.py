@@ -9,7 +9,7 @@ import tracemalloc
 import zlib
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from streams.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
 from streams.image_edit.images import ImageInfo, inspect_image, inspect_image_in_thread
@@ -37,9 +37,13 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def _bomb_png(width: int, height: int) -> bytes:
-    """A valid-headed 1-bit PNG claiming ``width x height`` with a tiny IDAT."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+def _bomb_png(width: int, height: int, color_type: int = 0) -> bytes:
+    """A valid-headed PNG claiming ``width x height`` with a tiny IDAT.
+
+    ``color_type`` 0 is 1-bit greyscale, 6 is 8-bit RGBA (bit depth set to match).
+    """
+    depth = 1 if color_type == 0 else 8
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 4096, 9)
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
@@ -146,11 +150,26 @@ def test_corrupt_png_crc_in_data_is_invalid() -> None:
 
 
 # --- decompression bombs --------------------------------------------------------------
-@pytest.mark.parametrize("side", [30000, 7000])
-def test_decompression_bomb_refused_fast_without_allocation(side: int) -> None:
-    """30000² is over Pillow's own guard; 7000² (49 M) is only over ours (40 M)."""
-    bomb = _bomb_png(side, side)
+@pytest.mark.parametrize(("side", "color_type"), [(30000, 0), (7000, 6)])
+def test_decompression_bomb_refused_fast_without_allocation(
+    side: int, color_type: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """30000² is over Pillow's own guard; 7000² RGBA (49 M px, 196 MB) only over ours (40 M).
+
+    Pillow's pixel buffers are malloc'd outside tracemalloc's view, so the proof that
+    nothing was decoded is a spy on ``ImageFile.load`` plus the tracemalloc peak for
+    the Python side.
+    """
+    bomb = _bomb_png(side, side, color_type)
     assert len(bomb) < 200
+    loads: list[object] = []
+    original_load = ImageFile.ImageFile.load
+
+    def spy(self: ImageFile.ImageFile) -> object:
+        loads.append(self)
+        return original_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy)
     tracemalloc.start()
     started = time.perf_counter()
     try:
@@ -160,8 +179,12 @@ def test_decompression_bomb_refused_fast_without_allocation(side: int) -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    assert loads == []  # refused from the header: no decode was even started
     assert elapsed < 0.5
     assert peak < 2 * 1024 * 1024, f"peak {peak} bytes"
+    # the spy does see a normal decode, so the empty list above means something
+    _inspect(_encode(_noise(), "PNG"))
+    assert loads
 
 
 def test_pixel_cap_is_exact() -> None:
