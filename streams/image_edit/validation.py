@@ -64,6 +64,7 @@ _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*[*xX×]\s*(\d{1,5})\s*$")
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w.+=-]+)*;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(r"\s+")
+_UNSAFE_URL_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 def _fail(code: str, message: str) -> InvalidRequest:
@@ -243,10 +244,15 @@ def _blob(value: Any, where: str) -> str:
 
 
 def _url(value: Any, where: str) -> str:
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise _fail("invalid_url", f"{where}.url must be an absolute http(s) URL, got {value!r}")
-    return value
+    if isinstance(value, str) and not _UNSAFE_URL_CHARS.search(value):
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+            if parts.scheme.lower() in ("http", "https") and parts.hostname:
+                return value
+        except ValueError:  # e.g. an unclosed IPv6 bracket, a bad port
+            pass
+    raise _fail("invalid_url", f"{where}.url must be an absolute http(s) URL, got {value!r}")
 
 
 def _data(value: Any, where: str) -> str:
@@ -283,8 +289,14 @@ def _image_ref(entry: Any, index: int) -> ImageRef:
         found = ", ".join(given) or "none"
         raise _fail("invalid_image_ref", f"{where} needs exactly one of blob, url, data (found: {found})")
     source = given[0]
-    value = _SOURCES[source](entry[source], where)
-    return ImageRef(filename=_filename(entry.get("filename"), index, where), **{source: value})
+    refs: dict[str, str | None] = dict.fromkeys(_SOURCES)
+    refs[source] = _SOURCES[source](entry[source], where)
+    return ImageRef(
+        filename=_filename(entry.get("filename"), index, where),
+        blob=refs["blob"],
+        url=refs["url"],
+        data=refs["data"],
+    )
 
 
 def _images(doc: Mapping[str, Any]) -> list[ImageRef]:

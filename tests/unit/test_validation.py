@@ -211,6 +211,10 @@ def test_malformed_events(raw: bytes, code: str) -> None:
         ({"images": [{"url": "ftp://e.com/x.png"}]}, "invalid_url"),
         ({"images": [{"url": "/local/x.png"}]}, "invalid_url"),
         ({"images": [{"url": "https://"}]}, "invalid_url"),
+        ({"images": [{"url": "http://[::1/x.png"}]}, "invalid_url"),
+        ({"images": [{"url": "http://e.com:99999/x.png"}]}, "invalid_url"),
+        ({"images": [{"url": "https://e.com/a b.png"}]}, "invalid_url"),
+        ({"images": [{"url": "https://e.com/\nx.png"}]}, "invalid_url"),
         ({"edit_params": "seed=1"}, "invalid_edit_params"),
         ({"edit_params": [1]}, "invalid_edit_params"),
         ({"submitted_at": "yesterday"}, "invalid_schema"),
@@ -225,3 +229,33 @@ def test_invalid_events_have_specific_codes(fields: dict[str, Any], code: str) -
 def test_event_then_edit_validation_compose() -> None:
     task = validate_task_request(_event(images=[{"blob": SHA}] * 4))
     assert _code(_edit, task.edit_type, task.edit_params, len(task.images)) == "too_many_images"
+
+
+def test_fuzzed_events_only_ever_raise_invalid_request() -> None:
+    import random
+
+    rng = random.Random(0)
+    leaves: list[Any] = [None, True, 0, -1, 1.5, "", "x", SHA, [], {}, "http://[::1", "data:,", "====", 1e308]
+
+    def value(depth: int = 0) -> Any:
+        if depth < 2 and rng.random() < 0.3:
+            keys = ["blob", "url", "data", "filename", "prompt", "seed"]
+            return {rng.choice(keys): value(depth + 1) for _ in range(rng.randint(0, 3))}
+        return rng.choice(leaves)
+
+    fields = ["task_id", "edit_type", "images", "edit_params", "submitted_at", "reply_to"]
+    accepted = 0
+    for _ in range(3000):
+        doc = {k: value() for k in rng.sample(fields, rng.randint(0, len(fields)))}
+        if rng.random() < 0.5:
+            doc["images"] = [value() for _ in range(rng.randint(0, 3))]
+        try:
+            validate_task_request(json.dumps(doc))
+            accepted += 1
+        except InvalidRequest:
+            pass
+        try:
+            _edit(value(), value(), rng.randint(-1, 5))
+        except InvalidRequest:
+            pass
+    assert accepted < 3000
