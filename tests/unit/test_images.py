@@ -221,3 +221,17 @@ def test_pixel_hash_cost_2048_photo(capsys: pytest.CaptureFixture[str]) -> None:
     with capsys.disabled():
         print(f"\n[pixel_hash 2048x2048 RGB: {hash_ms:.1f} ms; full inspect_image of {len(data)} B JPEG: {inspect_ms:.1f} ms]")
     assert hash_ms < 2000
+
+
+def test_mpo_travels_as_jpeg() -> None:
+    red = Image.new("RGB", (64, 48), "red")
+    mpo = _encode(red, "MPO", save_all=True, append_images=[Image.new("RGB", (64, 48), "blue")])
+    info = _inspect(mpo)
+    assert (info.format, info.mime, info.n_frames) == ("MPO", "image/jpeg", 2)
+
+
+def test_animated_webp_is_described_by_first_frame() -> None:
+    red, blue = Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "blue")
+    animated = _inspect(_encode(red, "WEBP", save_all=True, append_images=[blue], lossless=True))
+    assert animated.n_frames == 2
+    assert animated.pixel_hash == _inspect(_encode(red, "PNG")).pixel_hash
