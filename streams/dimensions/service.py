@@ -1,0 +1,509 @@
+"""The dimension pipeline's decisions, as plain functions (no Faust, no I/O).
+
+Agents and views are thin loops around these:
+
+* :func:`dimension_key` / :func:`split_key` -- the ``session_id|resource|scene`` key,
+  with ``|`` and ``\\`` escaped so distinct triples never share a key;
+* :func:`parse_request` -- validation of a request from a query string, a JSON body or
+  a Kafka event (``scene`` may be an int); errors are :class:`InvalidRequest` with a
+  specific ``code``;
+* :func:`accept_update` -- latest write wins (by ``fetched_at`` for the same URL);
+* :func:`anomaly` -- sizes that are flagged and never cached;
+* :func:`record_size` / :func:`choose_placeholder` -- the smart placeholder per scene;
+* :func:`url_entry_fresh` -- TTL of URL-level entries;
+* :class:`RecentSet` and :class:`PendingFetches` -- in-flight dedupe with expiry.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+from streams.dimensions.models import (
+    DimensionEntry,
+    DimensionRequest,
+    DimensionResult,
+    DimensionUpdate,
+    ErrorInfo,
+    SceneSizes,
+    UrlEntry,
+    Waiter,
+)
+from streams.errors import ImageTooLarge, InvalidRequest
+
+__all__ = [
+    "ANOMALOUS_SIZE",
+    "MAX_ASPECT_RATIO",
+    "MAX_PIXELS",
+    "PendingFetches",
+    "RecentSet",
+    "accept_update",
+    "anomaly",
+    "choose_placeholder",
+    "decode_base64",
+    "dimension_key",
+    "entry_from_update",
+    "parse_bool",
+    "parse_request",
+    "placeholder_result",
+    "record_size",
+    "result_from_entry",
+    "result_from_update",
+    "scene_sizes_key",
+    "split_key",
+    "update_from_url_entry",
+    "url_entry_fresh",
+    "waiter_key",
+]
+
+#: ``flagged`` value of a result whose size is implausible (never cached).
+ANOMALOUS_SIZE = "anomalous_size"
+#: More pixels than this is an anomaly (100 megapixels).
+MAX_PIXELS = 100_000_000
+#: A longer side more than this many times the shorter one is an anomaly (1:50).
+MAX_ASPECT_RATIO = 50.0
+
+MAX_ID_CHARS = 512
+MAX_URL_CHARS = 4096
+#: Sizes kept per scene (per partition) in ``scene_sizes``; the rarest is dropped.
+SCENE_SIZES_KEPT = 16
+#: Observations a scene needs before its most common size replaces the configured one.
+PLACEHOLDER_MIN_SAMPLES = 3
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+# --------------------------------------------------------------------------- keys
+def _escape(part: str) -> str:
+    return part.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def dimension_key(session_id: str, resource: str, scene: str | int) -> str:
+    """``session_id|resource|scene`` with ``\\`` and ``|`` escaped inside each part.
+
+    Without escaping, ``("a|b", "c", "1")`` and ``("a", "b|c", "1")`` would collide.
+    Parts without ``|`` or ``\\`` give the plain join, as external producers write it.
+    """
+    return "|".join(_escape(str(part)) for part in (session_id, resource, scene))
+
+
+def split_key(key: str) -> tuple[str, str, str]:
+    """Inverse of :func:`dimension_key`; ValueError if ``key`` has not three parts."""
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(key)
+    for ch in chars:
+        if ch == "\\":
+            current.append(next(chars, "\\"))
+        elif ch == "|":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    if len(parts) != 3:
+        raise ValueError(f"expected session_id|resource|scene, got {len(parts)} parts")
+    return parts[0], parts[1], parts[2]
+
+
+def waiter_key(waiter: Waiter) -> str:
+    return dimension_key(waiter.session_id, waiter.resource, waiter.scene)
+
+
+def scene_sizes_key(scene: str, partition: int) -> str:
+    """Key of one partition's size counts for ``scene`` (see :func:`record_size`).
+
+    Each partition of ``imagestream-dimension-updates`` keeps its own row, written
+    only from that partition's events, so the table stays consistent with its
+    changelog; readers merge the rows they hold."""
+    return f"{_escape(scene)}|{partition}"
+
+
+# ---------------------------------------------------------------------- validation
+def _text(obj: Mapping[str, Any], name: str, *, required: bool = True, allow_int: bool = False) -> str | None:
+    value = obj.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise InvalidRequest(f"missing parameter {name!r}", code="missing_parameter")
+        return None
+    if allow_int and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"parameter {name!r} must be a string", code="invalid_parameter")
+    value = value.strip()
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidRequest(f"parameter {name!r} is longer than {MAX_ID_CHARS} characters",
+                             code="invalid_parameter")
+    if any(ord(ch) < 32 for ch in value):
+        raise InvalidRequest(f"parameter {name!r} contains control characters", code="invalid_parameter")
+    return value
+
+
+def parse_bool(value: Any, name: str = "refresh") -> bool:
+    """``true``/``false`` as JSON booleans or the usual query-string spellings."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value != 0
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise InvalidRequest(f"parameter {name!r} must be true or false", code="invalid_parameter")
+
+
+def check_url(url: str) -> str:
+    """An absolute http(s) URL with a host, or :class:`InvalidRequest` (``invalid_url``)."""
+    if len(url) > MAX_URL_CHARS:
+        raise InvalidRequest(f"url is longer than {MAX_URL_CHARS} characters", code="invalid_url")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise InvalidRequest("url is not a valid URL", code="invalid_url") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise InvalidRequest("url must be http or https", code="invalid_url")
+    if not host:
+        raise InvalidRequest("url has no host", code="invalid_url")
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        raise InvalidRequest("url contains whitespace or control characters", code="invalid_url")
+    return url
+
+
+def parse_request(
+    obj: Any, *, require_source: bool = True, now: float | None = None
+) -> DimensionRequest:
+    """Validate a request given as a mapping (query string, JSON body, event value).
+
+    ``scene`` may be an int or a string; at least one of ``url`` and ``data`` is
+    needed unless ``require_source`` is false (a cache-only lookup)."""
+    if not isinstance(obj, Mapping):
+        raise InvalidRequest("request must be a JSON object", code="invalid_request")
+    session_id = _text(obj, "session_id")
+    resource = _text(obj, "resource", allow_int=True)
+    scene = _text(obj, "scene", allow_int=True)
+    url = _text(obj, "url", required=False)
+    if url is not None:
+        url = check_url(url)
+    data = obj.get("data")
+    if data is not None and not isinstance(data, str):
+        raise InvalidRequest("parameter 'data' must be a base64 string", code="invalid_parameter")
+    if data is not None and not data.strip():
+        data = None
+    if require_source and url is None and data is None:
+        raise InvalidRequest("one of 'url' or 'data' is required", code="missing_parameter")
+    requested_at = obj.get("requested_at")
+    if not isinstance(requested_at, (int, float)) or isinstance(requested_at, bool) or requested_at <= 0:
+        requested_at = time.time() if now is None else now
+    assert session_id is not None and resource is not None and scene is not None
+    return DimensionRequest(
+        session_id=session_id,
+        resource=resource,
+        scene=scene,
+        url=url,
+        data=data,
+        refresh=parse_bool(obj.get("refresh")),
+        requested_at=float(requested_at),
+    )
+
+
+def decode_base64(data: str, *, max_bytes: int) -> bytes:
+    """Bytes of a base64 image (plain or a ``data:...;base64,`` URI), size-capped."""
+    text = data.strip()
+    if text.startswith("data:"):
+        head, sep, text = text.partition(",")
+        if not sep or ";base64" not in head:
+            raise InvalidRequest("data URI must be base64-encoded", code="invalid_base64")
+    if len(text) > (max_bytes * 4) // 3 + 8:
+        raise ImageTooLarge(f"inline image is larger than {max_bytes} bytes")
+    try:
+        raw = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("parameter 'data' is not valid base64", code="invalid_base64") from None
+    if not raw:
+        raise InvalidRequest("parameter 'data' is empty", code="invalid_base64")
+    if len(raw) > max_bytes:
+        raise ImageTooLarge(f"inline image is larger than {max_bytes} bytes")
+    return raw
+
+
+# -------------------------------------------------------------------------- sizes
+def anomaly(width: int, height: int) -> str | None:
+    """``"anomalous_size"`` for 0, > 100 megapixels or an aspect ratio beyond 1:50."""
+    if width <= 0 or height <= 0:
+        return ANOMALOUS_SIZE
+    if width * height > MAX_PIXELS:
+        return ANOMALOUS_SIZE
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        return ANOMALOUS_SIZE
+    return None
+
+
+def accept_update(current: DimensionEntry | None, update: DimensionUpdate) -> bool:
+    """Whether ``update`` replaces ``current`` in the ``dimensions`` table.
+
+    * failures and flagged sizes never do;
+    * same URL: the later ``fetched_at`` wins (ties accepted: replays are idempotent),
+      so an older fetch finishing late never overwrites a newer one;
+    * another URL: the later request wins (the key now refers to the new image, even
+      when that image's size was fetched earlier, e.g. by a prewarm).
+    """
+    if update.error is not None or update.flagged is not None or update.width <= 0 or update.height <= 0:
+        return False
+    if current is None:
+        return True
+    if update.url == current.url:
+        return update.fetched_at >= current.fetched_at
+    return update.requested_at >= current.requested_at
+
+
+def entry_from_update(update: DimensionUpdate) -> DimensionEntry:
+    return DimensionEntry(
+        url=update.url,
+        width=update.width,
+        height=update.height,
+        raw_width=update.raw_width or update.width,
+        raw_height=update.raw_height or update.height,
+        orientation=update.orientation,
+        format=update.format,
+        source=update.source,
+        fetched_at=update.fetched_at,
+        requested_at=update.requested_at,
+        bytes_read=update.bytes_read,
+    )
+
+
+def url_entry_fresh(entry: UrlEntry | None, *, now: float, ttl: float) -> bool:
+    """A URL entry younger than ``ttl`` seconds (``ttl <= 0``: never expires)."""
+    if entry is None:
+        return False
+    if ttl <= 0:
+        return True
+    return now - entry.fetched_at < ttl
+
+
+def update_from_url_entry(entry: UrlEntry, waiter: Waiter, *, source: str) -> DimensionUpdate:
+    return DimensionUpdate(
+        session_id=waiter.session_id,
+        resource=waiter.resource,
+        scene=waiter.scene,
+        url=entry.url,
+        requested_at=waiter.requested_at,
+        source=source,
+        fetched_at=entry.fetched_at,
+        width=entry.width,
+        height=entry.height,
+        raw_width=entry.raw_width,
+        raw_height=entry.raw_height,
+        orientation=entry.orientation,
+        format=entry.format,
+        bytes_read=entry.bytes_read,
+    )
+
+
+# --------------------------------------------------------------- scene statistics
+def _size_label(width: int, height: int) -> str:
+    return f"{width}x{height}"
+
+
+def _parse_label(label: str) -> tuple[int, int] | None:
+    try:
+        w, h = (int(x) for x in label.split("x", 1))
+    except ValueError:
+        return None
+    return (w, h) if w > 0 and h > 0 else None
+
+
+def record_size(
+    stats: SceneSizes | None, width: int, height: int, *, now: float, keep: int = SCENE_SIZES_KEPT
+) -> SceneSizes:
+    """``stats`` with one more observation of ``width x height`` (a new object).
+
+    Bounded: at most ``keep`` sizes; when a new size arrives at a full row, the rarest
+    one is replaced and the newcomer inherits its count + 1 (the "space-saving"
+    heavy-hitters sketch: frequent sizes are never lost, counts are upper bounds)."""
+    counts = dict(stats.counts) if stats is not None else {}
+    label = _size_label(width, height)
+    if label in counts:
+        counts[label] += 1
+    elif len(counts) < keep:
+        counts[label] = 1
+    else:
+        rarest = min(counts, key=lambda k: (counts[k], k))
+        counts[label] = counts.pop(rarest) + 1
+    total = (stats.total if stats is not None else 0) + 1
+    return SceneSizes(counts=counts, total=total, updated_at=now)
+
+
+def choose_placeholder(
+    rows: Iterable[SceneSizes | None],
+    default: tuple[int, int],
+    *,
+    min_samples: int = PLACEHOLDER_MIN_SAMPLES,
+) -> tuple[int, int]:
+    """The most common real size over ``rows`` (a scene's rows from several partitions),
+    or ``default`` until the scene has ``min_samples`` observations.  Ties go to the
+    larger count's first label in sorted order, so the choice is stable."""
+    merged: dict[str, int] = {}
+    total = 0
+    for row in rows:
+        if row is None:
+            continue
+        total += row.total
+        for label, count in row.counts.items():
+            merged[label] = merged.get(label, 0) + count
+    if total < min_samples or not merged:
+        return default
+    for label, _ in sorted(merged.items(), key=lambda kv: (-kv[1], kv[0])):
+        size = _parse_label(label)
+        if size is not None:
+            return size
+    return default
+
+
+# --------------------------------------------------------------------- results
+def placeholder_result(
+    request: DimensionRequest, size: tuple[int, int], *, error: ErrorInfo | None = None
+) -> DimensionResult:
+    width, height = size
+    return DimensionResult(
+        session_id=request.session_id, resource=request.resource, scene=request.scene, url=request.url,
+        width=width, height=height, orientation=1, format=None, source="placeholder", fetched_at=None,
+        bytes_read=0, raw_width=width, raw_height=height, error=error, flagged=None,
+    )
+
+
+def result_from_entry(session_id: str, resource: str, scene: str, entry: DimensionEntry,
+                      *, source: str = "cache") -> DimensionResult:
+    return DimensionResult(
+        session_id=session_id, resource=resource, scene=scene, url=entry.url, width=entry.width,
+        height=entry.height, orientation=entry.orientation, format=entry.format, source=source,
+        fetched_at=entry.fetched_at, bytes_read=entry.bytes_read, raw_width=entry.raw_width,
+        raw_height=entry.raw_height, error=None, flagged=None,
+    )
+
+
+def result_from_update(update: DimensionUpdate, *, placeholder: tuple[int, int]) -> DimensionResult:
+    """What subscribers of ``dimension-results`` learn from an update (a failure
+    keeps the placeholder size and says why)."""
+    if update.error is not None:
+        width, height = placeholder
+        return DimensionResult(
+            session_id=update.session_id, resource=update.resource, scene=update.scene, url=update.url,
+            width=width, height=height, orientation=1, format=None, source="placeholder", fetched_at=None,
+            bytes_read=update.bytes_read, raw_width=width, raw_height=height, error=update.error, flagged=None,
+        )
+    return DimensionResult(
+        session_id=update.session_id, resource=update.resource, scene=update.scene, url=update.url,
+        width=update.width, height=update.height, orientation=update.orientation, format=update.format,
+        source=update.source, fetched_at=update.fetched_at, bytes_read=update.bytes_read,
+        raw_width=update.raw_width or update.width, raw_height=update.raw_height or update.height,
+        error=None, flagged=update.flagged,
+    )
+
+
+# ------------------------------------------------------------------- in-flight
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class RecentSet(Generic[K]):
+    """Keys claimed within the last ``ttl`` seconds (bounded, injectable clock).
+
+    ``claim(key)`` is true for the first caller and false for every other caller
+    until the claim expires or is released: a view enqueues a fetch only when it
+    wins the claim."""
+
+    def __init__(self, ttl: float, *, max_size: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.max_size = max_size
+        self.clock = clock
+        self._until: dict[K, float] = {}
+
+    def claim(self, key: K) -> bool:
+        now = self.clock()
+        until = self._until.get(key)
+        if until is not None and until > now:
+            return False
+        self._until.pop(key, None)
+        self._until[key] = now + self.ttl  # re-inserted: dict order = expiry order
+        self._prune(now)
+        return True
+
+    def release(self, key: K) -> None:
+        self._until.pop(key, None)
+
+    def __contains__(self, key: object) -> bool:
+        until = self._until.get(key)  # type: ignore[call-overload]
+        return until is not None and until > self.clock()
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def _prune(self, now: float) -> None:
+        # Entries are in insertion order and all share one ttl: expired ones are first.
+        while self._until:
+            first = next(iter(self._until))
+            if self._until[first] > now and len(self._until) <= self.max_size:
+                break
+            del self._until[first]
+
+
+@dataclass
+class Pending(Generic[V]):
+    """One URL's fetch in flight: who waits for it and the events to ack after."""
+
+    started: float
+    refresh: bool
+    waiters: dict[str, Waiter] = field(default_factory=dict)
+    holds: list[V] = field(default_factory=list)
+
+
+class PendingFetches(Generic[V]):
+    """The fetch agent's in-flight map: one fetch per URL, later jobs join it.
+
+    ``V`` is whatever the caller must release when the fetch ends (Faust events to
+    ack).  An entry older than ``stale_after`` is treated as gone (a fetch has a
+    deadline, so that only happens if its task died without cleaning up)."""
+
+    def __init__(self, *, stale_after: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stale_after = stale_after
+        self.clock = clock
+        self._items: dict[str, Pending[V]] = {}
+
+    def join(self, url: str, waiters: Iterable[Waiter], hold: V, *, refresh: bool = False) -> Pending[V] | None:
+        """Add a job's waiters and hold; returns the new entry when the caller must
+        start the fetch (none in flight), None when the job joined a running one."""
+        now = self.clock()
+        pending = self._items.get(url)
+        started = pending is None or now - pending.started > self.stale_after
+        if started:
+            pending = self._items[url] = Pending(started=now, refresh=refresh)
+        assert pending is not None
+        for waiter in waiters:
+            key = waiter_key(waiter)
+            known = pending.waiters.get(key)
+            if known is None or waiter.requested_at > known.requested_at:
+                pending.waiters[key] = waiter
+        pending.holds.append(hold)
+        return pending if started else None
+
+    def finish(self, url: str, pending: Pending[V]) -> Pending[V]:
+        """The fetch started with ``pending`` ended: forget it (unless a newer fetch
+        already replaced it) and return it, with every waiter and hold it gathered."""
+        if self._items.get(url) is pending:
+            del self._items[url]
+        return pending
+
+    def __contains__(self, url: object) -> bool:
+        return url in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
