@@ -1,11 +1,12 @@
 """Edit presets: each ``edit_type`` with its default prompt template (DESIGN.md §5).
 
 The presets live in ``config/presets.toml`` (shipped as package data) and are read
-once at start with :func:`load_presets`; the result is passed on, not re-read.
+once per process by :func:`load_presets` (later calls return the same mapping).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from collections.abc import Mapping
@@ -74,12 +75,27 @@ def parse_presets(document: Mapping[str, Any]) -> Mapping[str, Preset]:
     return MappingProxyType({name: _parse_one(name, entry) for name, entry in types.items()})
 
 
-def load_presets(path: str | Path | None = None) -> Mapping[str, Preset]:
-    """Read the presets file (default :data:`DEFAULT_PRESETS_PATH`), read-only mapping."""
-    source = Path(path) if path is not None else DEFAULT_PRESETS_PATH
+def _read(source: Path) -> Mapping[str, Preset]:
     try:
         with source.open("rb") as fh:
             document = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise PresetError(f"{source}: {exc}") from None
     return parse_presets(document)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_presets() -> Mapping[str, Preset]:
+    return _read(DEFAULT_PRESETS_PATH)
+
+
+def load_presets(path: str | Path | None = None) -> Mapping[str, Preset]:
+    """Read the presets file as a read-only mapping of edit type → :class:`Preset`.
+
+    Without ``path`` the shipped ``config/presets.toml`` is read once per process
+    and the same mapping returned on every call (cheap on a hot path); an explicit
+    ``path`` is read each time.
+    """
+    if path is None:
+        return _default_presets()
+    return _read(Path(path))

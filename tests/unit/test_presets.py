@@ -19,6 +19,10 @@ def test_default_presets_file_loads_with_templates() -> None:
     assert presets["custom"].prompt is None
 
 
+def test_default_presets_read_once() -> None:
+    assert load_presets() is load_presets()
+
+
 def test_presets_are_read_only() -> None:
     presets = load_presets()
     with pytest.raises(TypeError):
