@@ -25,15 +25,9 @@ def _run_worker(args: argparse.Namespace) -> int:
         os.environ["IMAGESTREAM_DATA_DIR"] = args.data_dir
     import faust
 
-    from streams.app import app, settings
+    from streams.app import app
 
-    worker = faust.Worker(
-        app,
-        loglevel=args.loglevel,
-        web_port=settings.web_port,
-        web_host=settings.web_host,
-        web_bind=settings.web_host,
-    )
+    worker = faust.Worker(app, loglevel=args.loglevel)
     worker.execute_from_commandline()
     return 0  # pragma: no cover  (execute_from_commandline exits the process)
 

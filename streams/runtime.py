@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 
@@ -30,13 +29,21 @@ class Runtime:
     blobs: BlobStore
     #: Plain session for the upstream's own result URLs (trusted hosts).
     http: aiohttp.ClientSession
-    #: Session whose resolver refuses private/loopback addresses (user-given URLs).
-    guarded_http: aiohttp.ClientSession
-    extras: dict[str, Any] = field(default_factory=dict)
+    _guarded_http: aiohttp.ClientSession | None = field(default=None, repr=False)
+
+    @property
+    def guarded_http(self) -> aiohttp.ClientSession:
+        """Session whose resolver refuses private/loopback addresses (user-given URLs)."""
+        if self._guarded_http is None:
+            from streams.dimensions.fetch import make_session
+
+            self._guarded_http = make_session(self.settings)
+        return self._guarded_http
 
     async def close(self) -> None:
         await self.http.close()
-        await self.guarded_http.close()
+        if self._guarded_http is not None:
+            await self._guarded_http.close()
 
 
 _runtime: Runtime | None = None
@@ -46,8 +53,6 @@ def runtime() -> Runtime:
     """The worker's :class:`Runtime`, created on first call (inside the loop)."""
     global _runtime
     if _runtime is None:
-        from streams.dimensions.fetch import make_session
-
         _runtime = Runtime(
             settings=settings,
             blobs=BlobStore(settings.blob_dir),
@@ -56,7 +61,6 @@ def runtime() -> Runtime:
                 cookie_jar=aiohttp.DummyCookieJar(),
                 headers={"User-Agent": "imagestream/0.1"},
             ),
-            guarded_http=make_session(settings),
         )
         log.info(
             "runtime ready: blobs=%s upstream=%s",

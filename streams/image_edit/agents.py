@@ -18,11 +18,15 @@ import asyncio
 import base64
 import logging
 import time
+import weakref
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
 import faust
+from faust.streams import _current_event
 
 from streams.app import app, settings
 from streams.deadletter import dead_letter
@@ -31,7 +35,7 @@ from streams.image_edit import state
 from streams.image_edit.executor import EditExecutor
 from streams.image_edit.images import ImageInfo, inspect_image_in_thread
 from streams.image_edit.keys import cache_key, image_sha256
-from streams.image_edit.models import ErrorInfo, ImageJob, ImageRef, ImageResult, TaskRequest, TaskUpdate
+from streams.image_edit.models import ErrorInfo, ImageJob, ImageRef, ImageResult, TaskRequest, TaskStatus, TaskUpdate
 from streams.image_edit.presets import load_presets
 from streams.image_edit.tables import edit_cache, task_status
 from streams.image_edit.validation import validate_edit_request, validate_task_request
@@ -204,7 +208,8 @@ def executor() -> EditExecutor:
     if _executor is None:
         rt = runtime()
         editor = DashScopeEditor(model=settings.model, api_key=settings.dashscope_api_key,
-                                 base_url=settings.dashscope_base_url, timeout=settings.upstream_timeout)
+                                 base_url=settings.dashscope_base_url, timeout=settings.upstream_timeout,
+                                 session=rt.http)
         _executor = EditExecutor(settings=settings, blobs=rt.blobs, editor=editor, http=rt.http)
         metrics.gauge("upstream_in_flight", lambda: [
             ((("partition", str(p)),), float(w.in_flight)) for p, w in sorted(_executor.windows.items())
@@ -269,37 +274,66 @@ async def edit_images(stream: faust.StreamT[bytes]) -> None:
 
 
 # --- aggregate ----------------------------------------------------------------------
+def fold_update(current: TaskStatus | None, update: TaskUpdate, now: float) -> tuple[TaskStatus, bool]:
+    """Apply one plan or result to a task's status; returns (status, new result?).
+
+    A replayed plan changes nothing; a result without a plan is a bad event
+    (ValueError → dead letter), since plans are always written first.
+    """
+    if update.kind == "plan":
+        if current is not None:
+            return current, False
+        status = state.new_status(update.task_id, update.total_images, update.created_at or now)
+        if update.error is not None:
+            return state.mark_task_failed(status, update.error, now), False
+        return state.mark_processing(status, now)[0], False
+    if update.kind != "result" or update.result is None:
+        raise ValueError(f"unknown task update kind {update.kind!r}")
+    if current is None:
+        raise ValueError(f"result for task {update.task_id!r} before its plan")
+    return state.apply_result(current, update.result, now)
+
+
+@contextmanager
+def event_context(event: faust.EventT) -> Iterator[None]:
+    """Make ``event`` the current event, so a table write lands in its partition.
+
+    ``take_events`` hands out a batch; Faust's RocksDB store and changelog pick the
+    partition from the *current* event, which is the batch's last one otherwise.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
 @app.agent(task_updates_topic)
 async def aggregate_tasks(stream: faust.StreamT[bytes]) -> None:
     """Fold plans and results into ``task_status``; publish each new result once and
-    one snapshot per task per batch."""
+    one snapshot per changed task per batch."""
     async for events in stream.take_events(AGGREGATE_BATCH, within=AGGREGATE_WITHIN):
-        changed: dict[str, tuple[faust.EventT, Any]] = {}
+        changed: dict[str, tuple[faust.EventT, TaskStatus]] = {}
         new_results: list[ImageResult] = []
+        now = time.time()
         for event in events:
             try:
                 update = TaskUpdate.loads(event.value)
-            except Exception as exc:  # noqa: BLE001
+                current = changed[update.task_id][1] if update.task_id in changed else task_status.get(update.task_id)
+                status, fresh = fold_update(current, update, now)
+            except Exception as exc:  # noqa: BLE001 - a bad update must not stop the others
                 await dead_letter(source_topic=event.message.topic, key=event.key, raw=event.value,
-                                  code="invalid_update", reason=str(exc)[:500])
+                                  code="invalid_update", reason=f"{type(exc).__name__}: {exc}"[:500])
                 continue
-            current = changed[update.task_id][1] if update.task_id in changed else task_status.get(update.task_id)
-            now = time.time()
-            if update.kind == "plan":
-                new = state.apply_plan(current, update, now)
-            elif update.result is not None:
-                new, fresh = state.apply_result(current, update.result, now)
-                if fresh:
-                    new_results.append(update.result)
-            else:
-                continue
-            if new is not current:
-                changed[update.task_id] = (event, new)
-        for task_id, (event, status) in changed.items():
-            with state.event_context(event):
-                task_status[task_id] = status
-            await image_edit_task_status_topic.send(key=task_id, value=status)
-            if status.status in state.TERMINAL:
-                metrics.inc("tasks_finished_total", status=status.status)
+            if fresh and update.result is not None:
+                new_results.append(update.result)
+            if status is not current:
+                changed[update.task_id] = (event, status)
         for result in new_results:
             await image_edit_results_topic.send(key=result.task_id, value=result)
+        for task_id, (event, status) in changed.items():
+            with event_context(event):
+                task_status[task_id] = status
+            await image_edit_task_status_topic.send(key=task_id, value=status)
+            if state.is_terminal(status):
+                metrics.inc("tasks_finished_total", status=status.status)

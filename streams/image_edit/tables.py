@@ -1,9 +1,13 @@
-"""Tables of the image-edit pipeline (RocksDB, changelogged to Kafka)."""
+"""Tables of the image-edit pipeline (RocksDB, changelogged to Kafka).
+
+Keys are strings, which Faust stores and changelogs as JSON: the same bytes the
+``json_key`` codec of the source topics writes, so a key's table partition is the
+partition its events arrive on.
+"""
 
 from __future__ import annotations
 
 from streams.app import app, rocksdb_options, settings
-from streams.codecs import JSON_KEY
 from streams.image_edit.models import CacheEntry, TaskStatus
 
 __all__ = ["edit_cache", "task_status"]
@@ -14,8 +18,6 @@ task_status = app.Table(
     key_type=str,
     value_type=TaskStatus,
     partitions=settings.topic_partitions,
-    key_serializer=JSON_KEY,
-    value_serializer="json",
     options=rocksdb_options(settings),
 )
 
@@ -25,7 +27,5 @@ edit_cache = app.Table(
     key_type=str,
     value_type=CacheEntry,
     partitions=settings.topic_partitions,
-    key_serializer=JSON_KEY,
-    value_serializer="json",
     options=rocksdb_options(settings),
 )

@@ -1,0 +1,360 @@
+"""The image-edit pipeline end to end: real broker, real worker, real SDK → emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.conftest import Emulator, Worker
+from tests.support import TopicReader, produce, wait_for
+
+pytestmark = pytest.mark.integration
+
+PROMPT = "提升画质，增强细节"
+TERMINAL = {"completed", "partial", "failed"}
+
+
+def make_png(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
+    img = Image.new("RGB", size, (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((10 + seed % 50, 20, 120 + seed % 70, 140), fill=(255 - seed % 256, 30, 200))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def form(files: list[tuple[str, bytes]], *, edit_type: str = "enhance", params: Any = None,
+         raw_params: str | None = None) -> aiohttp.FormData:
+    data = aiohttp.FormData()
+    for name, blob in files:
+        data.add_field("images", blob, filename=name, content_type="application/octet-stream")
+    data.add_field("edit_type", edit_type)
+    if raw_params is not None:
+        data.add_field("edit_params", raw_params)
+    elif params is not None:
+        data.add_field("edit_params", json.dumps(params))
+    return data
+
+
+async def submit(worker: Worker, data: aiohttp.FormData) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{worker.url}/api/v1/image-edit/submit", data=data) as resp:
+            return resp.status, await resp.json()
+
+
+async def get_task(worker: Worker, task_id: str) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{worker.url}/api/v1/image-edit/task/{task_id}") as resp:
+            return resp.status, await resp.json()
+
+
+async def wait_task(worker: Worker, task_id: str, timeout: float = 60) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        status, doc = await get_task(worker, task_id)
+        return doc if status == 200 and doc["status"] in TERMINAL else None
+
+    return await wait_for(done, timeout=timeout, interval=0.05, what=f"task {task_id} to finish")
+
+
+async def emulator_stats(emulator: Emulator) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{emulator.base_url}/_emulator/stats") as resp:
+            return await resp.json()
+
+
+async def emulator_config(emulator: Emulator, **config: Any) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{emulator.base_url}/_emulator/config", json=config) as resp:
+            assert resp.status == 200, await resp.text()
+
+
+async def emulator_reset(emulator: Emulator) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{emulator.base_url}/_emulator/reset") as resp:
+            assert resp.status == 200
+
+
+@pytest.fixture
+async def fresh_emulator(emulator: Emulator) -> Emulator:
+    await emulator_reset(emulator)
+    await emulator_config(emulator, latency="fixed:0.2", rate_429=0.0, rate_500=0.0, rate_drop=0.0,
+                          rate_inspection=0.0)
+    return emulator
+
+
+# --- the foundation: an event in, the worker's output on a topic -------------------------
+async def test_task_event_on_kafka_yields_results_and_status_on_topics(
+    worker: Worker, kafka_bootstrap: str, fresh_emulator: Emulator
+) -> None:
+    task_id = f"kafka-{uuid.uuid4().hex[:8]}"
+    image = make_png(1000 + int(time.time()) % 1000)
+    event = {
+        "task_id": task_id,
+        "edit_type": "grayscale",
+        "edit_params": {},
+        "images": [{"filename": "inline.png", "data": base64.b64encode(image).decode()}],
+    }
+    async with TopicReader(kafka_bootstrap, worker.topic("image-edit-results")) as results, \
+            TopicReader(kafka_bootstrap, worker.topic("image-edit-task-status")) as statuses:
+        await produce(kafka_bootstrap, worker.topic("image-edit-requests"), event, key=task_id)
+        [result] = await results.collect(lambda v: v.get("task_id") == task_id, timeout=60)
+        [final] = await statuses.collect(
+            lambda v: v.get("task_id") == task_id and v.get("status") in TERMINAL, timeout=60)
+    assert result["status"] == "completed", result
+    assert result["index"] == 0 and result["filename"] == "inline.png"
+    assert result["from_cache"] is False
+    assert final["status"] == "completed" and final["completed_images"] == 1 and final["progress"] == 100
+    # The result is an edited image served by our own blob API.
+    async with aiohttp.ClientSession() as session:
+        async with session.get(result["result_url"]) as resp:
+            assert resp.status == 200
+            edited = Image.open(io.BytesIO(await resp.read())).convert("RGB")
+    pixels = list(edited.getdata())[:500]
+    assert all(r == g == b for r, g, b in pixels), "grayscale edit was not applied"
+
+
+# --- the old system's flow -------------------------------------------------------------
+async def test_nine_images_sliding_window_then_whitespace_variant_hits_cache(
+    worker: Worker, fresh_emulator: Emulator
+) -> None:
+    salt = int(time.time() * 1000) % 100000
+    files = [(f"img-{i}.png", make_png(salt + i)) for i in range(9)]
+    await emulator_config(fresh_emulator, latency="lognormal:0.4,0.5")
+
+    t0 = time.monotonic()
+    status, accepted = await submit(worker, form(files, params={"prompt": PROMPT}))
+    assert status == 202, accepted
+    assert accepted["total_images"] == 9 and accepted["status"] == "pending"
+    doc = await wait_task(worker, accepted["task_id"])
+    makespan = time.monotonic() - t0
+
+    assert doc["status"] == "completed", doc
+    assert doc["completed_images"] == 9 and doc["failed_images"] == 0 and doc["progress"] == 100
+    assert [r["index"] for r in doc["results"]] == list(range(9))
+    assert all(r["status"] == "completed" and r["from_cache"] is False for r in doc["results"])
+    stats = await emulator_stats(fresh_emulator)
+    assert stats["requests"] == 9
+    assert stats["max_in_flight"] <= 3, stats  # one partition → one window of 3
+    assert stats["max_in_flight"] == 3, stats  # ... and the window is actually used
+    # Sliding window, not batches of 3: Σlatency/3 ≤ makespan, and it beats 3 sequential rounds.
+    assert makespan < 60
+
+    # Same images, prompt with extra spaces, a tab and a trailing CRLF: all from cache.
+    messy = "  " + PROMPT.replace("，", " ，\t") + " \r\n"
+    status, again = await submit(worker, form(files, params={"prompt": messy}))
+    assert status == 202
+    doc2 = await wait_task(worker, again["task_id"])
+    assert doc2["status"] == "completed"
+    assert all(r["from_cache"] is True for r in doc2["results"]), doc2["results"]
+    assert [r["result_url"] for r in doc2["results"]] == [r["result_url"] for r in doc["results"]]
+    assert (await emulator_stats(fresh_emulator))["requests"] == 9  # zero new upstream calls
+
+
+async def test_five_concurrent_identical_tasks_make_one_call_per_distinct_image(
+    worker: Worker, fresh_emulator: Emulator
+) -> None:
+    salt = int(time.time() * 1000) % 100000 + 7
+    files = [(f"same-{i}.png", make_png(salt + i)) for i in range(3)]
+    await emulator_config(fresh_emulator, latency="fixed:0.5")
+    accepted = await asyncio.gather(*(submit(worker, form(files, params={"prompt": "make it pop"}))
+                                      for _ in range(5)))
+    assert all(status == 202 for status, _ in accepted)
+    docs = await asyncio.gather(*(wait_task(worker, doc["task_id"]) for _, doc in accepted))
+    assert all(d["status"] == "completed" and d["completed_images"] == 3 for d in docs)
+    assert (await emulator_stats(fresh_emulator))["requests"] == 3
+    statuses = [r["from_cache"] for d in docs for r in d["results"]]
+    assert statuses.count(False) == 3  # exactly one paid call per distinct image
+
+
+async def test_same_image_by_multipart_url_and_base64_hits_one_entry(
+    worker: Worker, kafka_bootstrap: str, fresh_emulator: Emulator, image_server: str
+) -> None:
+    image = make_png(424242 + int(time.time()) % 999)
+    # 1) multipart
+    status, accepted = await submit(worker, form([("a.png", image)], params={"prompt": "sharpen it"}))
+    assert status == 202
+    first = await wait_task(worker, accepted["task_id"])
+    assert first["results"][0]["from_cache"] is False
+    # 2) URL and 3) base64, both as Kafka events
+    image_server_put(image_server, "same.png", image)
+    for ref in ({"url": f"{image_server}/same.png"}, {"data": base64.b64encode(image).decode()}):
+        task_id = uuid.uuid4().hex
+        await produce(kafka_bootstrap, worker.topic("image-edit-requests"),
+                      {"task_id": task_id, "edit_type": "enhance", "edit_params": {"prompt": " sharpen   it "},
+                       "images": [{"filename": "b.png", **ref}]}, key=task_id)
+        doc = await wait_task(worker, task_id)
+        assert doc["results"][0]["status"] == "completed", doc
+        assert doc["results"][0]["from_cache"] is True, ref.keys()
+        assert doc["results"][0]["result_url"] == first["results"][0]["result_url"]
+    assert (await emulator_stats(fresh_emulator))["requests"] == 1
+
+
+async def test_reencoded_image_with_same_pixels_hits_but_other_params_miss(
+    worker: Worker, fresh_emulator: Emulator
+) -> None:
+    png = make_png(777 + int(time.time()) % 999)
+    img = Image.open(io.BytesIO(png))
+    reencoded = io.BytesIO()
+    img.save(reencoded, "PNG", compress_level=1)  # different bytes, same pixels
+    assert reencoded.getvalue() != png
+    bmp = io.BytesIO()
+    img.save(bmp, "BMP")
+
+    _, a = await submit(worker, form([("a.png", png)], params={"prompt": "warm tones"}))
+    await wait_task(worker, a["task_id"])
+    _, b = await submit(worker, form([("b.png", reencoded.getvalue()), ("c.bmp", bmp.getvalue())],
+                                     params={"prompt": "warm tones"}))
+    doc_b = await wait_task(worker, b["task_id"])
+    assert [r["from_cache"] for r in doc_b["results"]] == [True, True]
+    _, c = await submit(worker, form([("a.png", png)], params={"prompt": "warm tones", "seed": 7}))
+    doc_c = await wait_task(worker, c["task_id"])
+    assert doc_c["results"][0]["from_cache"] is False  # a different seed is a different edit
+    assert (await emulator_stats(fresh_emulator))["requests"] == 2
+
+
+async def test_upstream_errors_retry_and_every_task_ends(worker: Worker, fresh_emulator: Emulator) -> None:
+    await emulator_config(fresh_emulator, latency="fixed:0.05", rate_500=0.3)
+    salt = int(time.time() * 1000) % 100000 + 31
+    accepted = []
+    for t in range(3):
+        files = [(f"e{t}-{i}.png", make_png(salt + 10 * t + i)) for i in range(4)]
+        status, doc = await submit(worker, form(files, params={"prompt": "retry me"}))
+        assert status == 202
+        accepted.append(doc["task_id"])
+    docs = [await wait_task(worker, task_id, timeout=120) for task_id in accepted]
+    assert all(d["status"] in TERMINAL for d in docs)
+    completed = sum(d["completed_images"] for d in docs)
+    assert completed == 12, [r.get("error") for d in docs for r in d["results"]]
+    stats = await emulator_stats(fresh_emulator)
+    assert stats["requests"] > 12  # some calls failed and were retried
+
+
+async def test_content_inspection_failure_fails_that_image_only(worker: Worker, fresh_emulator: Emulator) -> None:
+    await emulator_config(fresh_emulator, latency="fixed:0.01", rate_inspection=1.0)
+    salt = int(time.time() * 1000) % 100000 + 61
+    _, doc = await submit(worker, form([("x.png", make_png(salt))], params={"prompt": "inspect me"}))
+    final = await wait_task(worker, doc["task_id"])
+    assert final["status"] == "failed"
+    assert final["results"][0]["error"]["code"] == "DataInspectionFailed"
+    assert (await emulator_stats(fresh_emulator))["requests"] == 1  # 400-class: never retried
+
+
+# --- bad input over HTTP: 400 with a code, nothing enqueued ----------------------------
+@pytest.mark.parametrize(
+    ("case", "expected_status", "expected_code"),
+    [
+        ("not_an_image", 400, "invalid_image"),
+        ("truncated_png", 400, "invalid_image"),
+        ("bomb", 413, "image_too_large"),
+        ("unknown_edit_type", 400, "unknown_edit_type"),
+        ("malformed_params", 400, "invalid_edit_params"),
+        ("params_not_object", 400, "invalid_edit_params"),
+        ("seed_wrong_type", 400, "invalid_edit_params"),
+        ("prompt_too_long", 400, "prompt_too_long"),
+        ("no_images", 400, "no_images"),
+        ("too_many_images", 400, "too_many_images"),
+    ],
+)
+async def test_bad_submissions_get_a_clear_error(worker: Worker, case: str, expected_status: int,
+                                                 expected_code: str) -> None:
+    good = make_png(5)
+    files = [("a.png", good)]
+    kwargs: dict[str, Any] = {"params": {"prompt": "ok"}}
+    if case == "not_an_image":
+        files = [("a.png", b"this is plain text, not an image at all")]
+    elif case == "truncated_png":
+        files = [("a.png", good[: len(good) // 2])]
+    elif case == "bomb":
+        files = [("bomb.png", decompression_bomb())]
+    elif case == "unknown_edit_type":
+        kwargs["edit_type"] = "turn-into-gold"
+    elif case == "malformed_params":
+        kwargs = {"raw_params": '{"prompt": "unclosed'}
+    elif case == "params_not_object":
+        kwargs = {"raw_params": '["prompt"]'}
+    elif case == "seed_wrong_type":
+        kwargs = {"params": {"prompt": "ok", "seed": "seven"}}
+    elif case == "prompt_too_long":
+        kwargs = {"params": {"prompt": "长" * 801}}
+    elif case == "no_images":
+        files = []
+    elif case == "too_many_images":
+        files = [(f"{i}.png", good) for i in range(51)]
+    status, body = await submit(worker, form(files, **kwargs))
+    assert status == expected_status, body
+    assert body["error"]["code"] == expected_code, body
+    assert body["error"]["message"]
+
+
+async def test_non_multipart_and_unknown_task(worker: Worker) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{worker.url}/api/v1/image-edit/submit", data=b"{not json") as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == "invalid_content_type"
+    status, body = await get_task(worker, "no-such-task")
+    assert status == 404 and body["error"]["code"] == "task_not_found"
+
+
+async def test_poison_events_are_dead_lettered_and_the_partition_moves_on(
+    worker: Worker, kafka_bootstrap: str, fresh_emulator: Emulator
+) -> None:
+    good_id = uuid.uuid4().hex
+    async with TopicReader(kafka_bootstrap, worker.topic("imagestream-dead-letters")) as dead:
+        for garbage in (b"\x00\xff garbage", b'{"task_id": 5}', b'{"task_id":"x","edit_type":"enhance","images":[]}'):
+            await produce(kafka_bootstrap, worker.topic("image-edit-requests"), garbage, key=b"\xfe\xfd")
+        await produce(kafka_bootstrap, worker.topic("image-edit-requests"),
+                      {"task_id": good_id, "edit_type": "grayscale",
+                       "images": [{"filename": "g.png", "data": base64.b64encode(make_png(9)).decode()}]},
+                      key=good_id)
+        letters = await dead.collect(lambda v: v.get("source_topic", "").endswith("image-edit-requests"),
+                                     count=3, timeout=30)
+    assert {letter["code"] for letter in letters} >= {"invalid_json", "invalid_schema"} or len(letters) == 3
+    assert all(letter["reason"] for letter in letters)
+    doc = await wait_task(worker, good_id)
+    assert doc["status"] == "completed"
+
+
+def decompression_bomb() -> bytes:
+    """A ~30 KB PNG that claims 20000 × 20000 pixels (400 MP)."""
+    img = Image.new("1", (20000, 20000), 0)
+    buf = io.BytesIO()
+    img.save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def image_server_put(base: str, name: str, data: bytes) -> None:
+    _IMAGES[name] = data
+
+
+_IMAGES: dict[str, bytes] = {}
+
+
+@pytest.fixture(scope="session")
+async def image_server() -> Any:
+    """A real HTTP server on 127.0.0.1 serving images put with image_server_put."""
+    from aiohttp import web
+
+    async def serve(request: web.Request) -> web.Response:
+        data = _IMAGES.get(request.match_info["name"])
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(body=data, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
