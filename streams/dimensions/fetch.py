@@ -1,0 +1,349 @@
+"""Header-only image fetch: the size of an image behind a URL, reading as little as it can.
+
+::
+
+    session = make_session(settings)          # once, in a service's on_start
+    outcome = await fetch_dimensions(session, url, settings=settings)
+    outcome.width, outcome.height, outcome.bytes_read
+    await session.close()                     # in on_stop
+
+One streaming GET; chunks go to :class:`~streams.dimensions.probe.HeaderParser`
+and the connection is closed (not drained) the moment the size is known.  When
+the parser needs bytes far ahead (a TIFF IFD at the end of the file, the EXIF chunk
+of a WebP after its bitstream), a ``Range`` request jumps there; a server that
+ignores Range (no ``206`` with a matching ``Content-Range``) is simply read on.
+
+Limits, all from :class:`config.settings.Settings`: one deadline for everything
+(DNS, connect, redirects, a server trickling bytes: ``dimension_timeout``), a byte
+cap (``dimension_max_bytes``), a redirect cap (``dimension_max_redirects``), and
+the address guard of :mod:`streams.dimensions.netguard` on every hop.
+
+Every failure is a :class:`~streams.errors.FetchError` whose ``reason`` is one of
+timeout, http_status (:class:`HTTPStatusError`, with ``http_status``), too_large,
+unsupported_format (not an image, or a corrupt header), refused_address,
+connection, truncated, too_many_redirects, invalid_url.  URLs in messages and logs
+go through :func:`~streams.dimensions.netguard.redact_url`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from yarl import URL
+
+from config.settings import Settings
+from streams.dimensions.netguard import GuardedConnector, redact_url, validate_url
+from streams.dimensions.probe import HeaderParser, ProbeResult, is_truncated
+from streams.errors import FetchError, InvalidImage, UnsupportedFormat
+
+__all__ = [
+    "FetchOutcome",
+    "HTTPStatusError",
+    "USER_AGENT",
+    "fetch_dimensions",
+    "make_session",
+    "redact_url",
+]
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "imagestream/0.1"
+#: Bytes asked of the response stream at a time (the most read past the header).
+DEFAULT_CHUNK_SIZE = 16 * 1024
+#: Skips longer than this use a Range request instead of reading through.
+DEFAULT_RANGE_THRESHOLD = 64 * 1024
+#: Bytes asked for by one Range request.
+RANGE_SPAN = 4096
+#: Range requests one fetch may make.
+MAX_RANGE_REQUESTS = 8
+#: When the size is known and only the orientation is missing, how many bytes we
+#: read through (without Range) to reach it before settling for orientation 1.
+DEFAULT_ORIENTATION_BUDGET = 256 * 1024
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+class HTTPStatusError(FetchError):
+    """The server answered with a status that is neither 2xx nor a redirect."""
+
+    def __init__(self, http_status: int, message: str) -> None:
+        super().__init__("http_status", message)
+        self.http_status = http_status
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchOutcome:
+    """A successful fetch: the probe result plus how it was obtained."""
+
+    format: str
+    width: int
+    height: int
+    raw_width: int
+    raw_height: int
+    orientation: int
+    mime: str
+    #: As asked / after redirects.  Not in repr: signed URLs carry secrets.
+    url: str = field(repr=False)
+    final_url: str = field(repr=False)
+    #: Body bytes read over every response of this fetch.
+    bytes_read: int
+    #: Seconds, DNS to answer.
+    elapsed: float
+    etag: str | None
+    last_modified: str | None
+    #: HTTP status of the response the header came from (200, or 206 after a Range jump).
+    status: int
+    range_requests: int = 0
+    #: False when the size was known but the orientation data lay beyond what we
+    #: were willing to read (no Range support): orientation is then 1.
+    orientation_known: bool = True
+
+    @property
+    def probe(self) -> ProbeResult:
+        return ProbeResult(
+            format=self.format,
+            width=self.width,
+            height=self.height,
+            raw_width=self.raw_width,
+            raw_height=self.raw_height,
+            orientation=self.orientation,
+            mime=self.mime,
+        )
+
+
+def make_session(settings: Settings, *, limit: int = 64, limit_per_host: int = 8) -> aiohttp.ClientSession:
+    """The shared ClientSession for dimension fetches (call inside the running loop).
+
+    Guarded resolver/connector, no cookie jar, ``User-Agent: imagestream/0.1``,
+    ``Accept-Encoding: identity`` (byte offsets must be the file's, for Range).
+    The per-fetch deadline is applied by :func:`fetch_dimensions` itself.
+    """
+    connector = GuardedConnector(
+        allowlist=settings.fetch_allowlist,
+        limit=limit,
+        limit_per_host=limit_per_host,
+        ttl_dns_cache=30,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={
+            "User-Agent": USER_AGENT,
+            "Accept": "image/*,*/*;q=0.5",
+            "Accept-Encoding": "identity",
+        },
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.dimension_timeout),
+        trust_env=False,
+    )
+
+
+async def fetch_dimensions(
+    session: aiohttp.ClientSession | None,
+    url: str,
+    *,
+    settings: Settings,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    range_threshold: int = DEFAULT_RANGE_THRESHOLD,
+    orientation_budget: int = DEFAULT_ORIENTATION_BUDGET,
+) -> FetchOutcome:
+    """Fetch just enough of ``url`` to know the image's size.
+
+    ``session`` must come from :func:`make_session` (it carries the address guard);
+    None makes (and closes) a session for this one call.
+    """
+    own = session is None
+    if session is None:
+        session = make_session(settings)
+    elif not isinstance(session.connector, GuardedConnector):
+        raise TypeError("fetch_dimensions needs a session from make_session() (guarded connector)")
+    elif session.connector.guard.allowlist != tuple(settings.fetch_allowlist):
+        raise ValueError("the session was made with another fetch_allowlist than these settings")
+    fetch = _Fetch(session, settings, chunk_size, range_threshold, orientation_budget)
+    try:
+        async with asyncio.timeout(settings.dimension_timeout):
+            return await fetch.run(url)
+    except TimeoutError:
+        raise FetchError(
+            "timeout", f"no size within {settings.dimension_timeout:g}s from {redact_url(url)}"
+        ) from None
+    finally:
+        await fetch.close()
+        if own:
+            await session.close()
+
+
+class _Fetch:
+    """One fetch: redirects, the streaming read, Range jumps."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        chunk_size: int,
+        range_threshold: int,
+        orientation_budget: int,
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.chunk_size = chunk_size
+        self.range_threshold = range_threshold
+        self.orientation_budget = orientation_budget
+        self.started = time.monotonic()
+        self.responses: list[aiohttp.ClientResponse] = []
+        self.bytes_read = 0
+        self.range_requests = 0
+
+    async def close(self) -> None:
+        for response in self.responses:
+            response.close()  # closes the connection: an unread body is never drained
+
+    async def _get(self, url: URL, headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+        try:
+            response = await self.session.get(url, allow_redirects=False, headers=headers)
+        except FetchError:
+            raise  # refused by the guarded resolver
+        except aiohttp.InvalidURL as exc:
+            raise FetchError("invalid_url", f"invalid URL {redact_url(url)}: {exc.__class__.__name__}") from None
+        except aiohttp.ClientConnectorDNSError:
+            raise FetchError("connection", f"cannot resolve {url.raw_host}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise FetchError("connection", f"{exc.__class__.__name__} for {redact_url(url)}") from None
+        self.responses.append(response)
+        return response
+
+    async def _open(self, url: str) -> tuple[URL, aiohttp.ClientResponse]:
+        """GET, following redirects by hand; each target checked before it is used."""
+        target = validate_url(url, self.settings.fetch_allowlist)
+        hops = 0
+        while True:
+            response = await self._get(target)
+            if response.status not in _REDIRECTS:
+                break
+            location = response.headers.get("Location")
+            response.close()
+            if not location:
+                raise HTTPStatusError(response.status, f"HTTP {response.status} without Location from {redact_url(target)}")
+            hops += 1
+            if hops > self.settings.dimension_max_redirects:
+                raise FetchError(
+                    "too_many_redirects",
+                    f"more than {self.settings.dimension_max_redirects} redirects from {redact_url(url)}",
+                )
+            try:
+                following = target.join(URL(location))
+            except ValueError:
+                raise FetchError("invalid_url", f"bad redirect Location from {redact_url(target)}") from None
+            target = validate_url(following, self.settings.fetch_allowlist)
+            log.debug("redirect %d to %s", hops, redact_url(target))
+        if not 200 <= response.status < 300:
+            response.close()
+            raise HTTPStatusError(response.status, f"HTTP {response.status} from {redact_url(target)}")
+        return target, response
+
+    async def _range(self, url: URL, start: int, validator: str | None) -> aiohttp.ClientResponse | None:
+        """A 206 response starting at ``start``, or None when the server will not."""
+        if self.range_requests >= MAX_RANGE_REQUESTS:
+            return None
+        self.range_requests += 1
+        headers = {"Range": f"bytes={start}-{start + RANGE_SPAN - 1}"}
+        if validator:
+            headers["If-Range"] = validator  # a changed file answers 200: not mixed up
+        try:
+            response = await self._get(url, headers)
+        except FetchError as exc:
+            if exc.reason == "refused_address":
+                raise
+            return None
+        match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+        if response.status == 206 and match and int(match.group(1)) == start:
+            return response
+        response.close()
+        log.debug("no usable Range answer (HTTP %d) from %s", response.status, redact_url(url))
+        return None
+
+    async def run(self, url: str) -> FetchOutcome:
+        target, response = await self._open(url)
+        first = response
+        parser = HeaderParser()
+        max_bytes = self.settings.dimension_max_bytes
+        etag = first.headers.get("ETag")
+        validator = etag if etag and not etag.startswith("W/") else first.headers.get("Last-Modified")
+        ranges_ok = (
+            first.headers.get("Accept-Ranges", "").strip().lower() != "none"
+            and not first.headers.get("Content-Encoding")
+        )
+        in_range = False
+        orientation_known = True
+        result: ProbeResult | None = None
+        try:
+            while result is None:
+                try:
+                    chunk = await response.content.read(self.chunk_size)
+                except aiohttp.ClientPayloadError:
+                    chunk = b""  # the body ended early: as good as EOF
+                except (aiohttp.ClientError, OSError) as exc:
+                    raise FetchError("connection", f"{exc.__class__.__name__} reading {redact_url(target)}") from None
+                if not chunk:
+                    if in_range and ranges_ok:  # that Range answer is used up: ask for the next bytes
+                        following = await self._range(target, parser.next_needed, validator)
+                        if following is not None:
+                            response.close()
+                            response = following
+                            parser.seek(parser.next_needed)
+                            continue
+                    result = parser.finish()  # at the real end: nothing was left unread
+                    break
+                self.bytes_read += len(chunk)
+                result = parser.feed(chunk)
+                if result is not None:
+                    break
+                skip = parser.next_needed - parser.position
+                if skip > self.range_threshold and ranges_ok:
+                    jumped = await self._range(target, parser.next_needed, validator)
+                    if jumped is not None:
+                        response.close()
+                        response, in_range = jumped, True
+                        parser.seek(parser.next_needed)
+                        continue
+                    ranges_ok = False
+                if parser.provisional is not None and (
+                    skip > self.orientation_budget or self.bytes_read + skip > max_bytes
+                ):
+                    result, orientation_known = parser.provisional, False
+                    break
+                if self.bytes_read > max_bytes:
+                    raise FetchError(
+                        "too_large", f"no size in the first {max_bytes} bytes of {redact_url(target)}"
+                    )
+        except UnsupportedFormat as exc:
+            raise FetchError("unsupported_format", f"{exc.message} ({redact_url(target)})") from None
+        except InvalidImage as exc:
+            if is_truncated(exc):
+                raise FetchError("truncated", f"{exc.message} ({redact_url(target)})") from None
+            raise FetchError("unsupported_format", f"corrupt header: {exc.message} ({redact_url(target)})") from None
+        if not orientation_known:
+            log.debug("size of %s known, orientation not read", redact_url(target))
+        return FetchOutcome(
+            format=result.format,
+            width=result.width,
+            height=result.height,
+            raw_width=result.raw_width,
+            raw_height=result.raw_height,
+            orientation=result.orientation,
+            mime=result.mime,
+            url=url,
+            final_url=str(target),
+            bytes_read=self.bytes_read,
+            elapsed=time.monotonic() - self.started,
+            etag=etag,
+            last_modified=first.headers.get("Last-Modified"),
+            status=response.status,
+            range_requests=self.range_requests,
+            orientation_known=orientation_known,
+        )
