@@ -91,8 +91,10 @@ class FetchOutcome:
     #: As asked / after redirects.  Not in repr: signed URLs carry secrets.
     url: str = field(repr=False)
     final_url: str = field(repr=False)
-    #: Body bytes read over every response of this fetch.
+    #: Body bytes read over every response of this fetch (whole chunks).
     bytes_read: int
+    #: End offset of the last byte the parser needed: the header prefix proper.
+    header_bytes: int
     #: Seconds, DNS to answer.
     elapsed: float
     etag: str | None
@@ -340,6 +342,7 @@ class _Fetch:
             url=url,
             final_url=str(target),
             bytes_read=self.bytes_read,
+            header_bytes=parser.bytes_used,
             elapsed=time.monotonic() - self.started,
             etag=etag,
             last_modified=first.headers.get("Last-Modified"),
