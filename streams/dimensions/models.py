@@ -114,6 +114,8 @@ class DimensionUpdate(_Record):
     bytes_read: int = 0
     error: Optional[ErrorInfo] = None
     flagged: Optional[str] = None
+    #: Publish a DimensionResult for it (False when the requester was answered already).
+    notify: bool = True
 
 
 class DimensionEntry(_Record):
