@@ -491,3 +491,64 @@ async def test_entries_survive_a_hard_kill(
         assert images.count(url) == 1
     finally:
         own.proc.stop()
+
+
+@pytest.mark.slow
+async def test_two_workers_route_each_key_to_its_owner(
+    kafka_bootstrap: str, emulator: Emulator, images: ImageServer, tmp_path: Path
+) -> None:
+    """Keys spread over 4 partitions and two workers: either worker answers any key
+    (forwarding to the owner), and each URL is still fetched once."""
+    app_id = f"imagestream-dim2-{uuid.uuid4().hex[:8]}"
+    workers = [
+        start_worker(f"dim-worker-{i}", kafka_bootstrap=kafka_bootstrap, emulator=emulator,
+                     data_dir=tmp_path / f"data{i}", app_id=app_id, partitions=4)
+        for i in range(2)
+    ]
+    try:
+        a, b = workers
+        await wait_for(lambda: _both_ready(workers), timeout=60, what="both workers ready after the rebalance")
+        url, _ = images.add(png(333, 444))
+        keys = [ids() for _ in range(12)]
+        for i, key in enumerate(keys):
+            status, body = await get_dims(workers[i % 2], **key, url=url)
+            assert status == 200 and body["source"] == "placeholder", body
+        for key in keys:  # asked on the other worker than before
+            for w in (a, b):
+                assert (await wait_cached(w, **key, url=url, timeout=30))["width"] == 333
+        assert images.count(url) == 1
+        # a request event on the "wrong" partition (a producer with another
+        # partitioner) is forwarded to the key's partition and answered
+        key = ids()
+        composite = f"{key['session_id']}|{key['resource']}|{key['scene']}"
+        async with TopicReader(kafka_bootstrap, a.topic("dimension-results")) as results:
+            for partition in range(4):
+                producer_key = jkey(composite)
+                await _produce_to(kafka_bootstrap, a.topic("dimension-requests"), {**key, "url": url},
+                                  producer_key, partition)
+            got = await results.collect(lambda v: v.get("session_id") == key["session_id"], count=4, timeout=30)
+        assert {g["source"] for g in got} <= {"placeholder", "cache", "fetched"}
+        assert (await wait_cached(b, **key, url=url))["width"] == 333
+    finally:
+        for w in workers:
+            w.proc.stop()
+
+
+async def _both_ready(workers: list[Worker]) -> bool:
+    async with aiohttp.ClientSession() as session:
+        for w in workers:
+            async with session.get(f"{w.url}/healthz") as resp:
+                if resp.status != 200:
+                    return False
+    return True
+
+
+async def _produce_to(bootstrap: str, topic: str, value: dict[str, Any], key: bytes, partition: int) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, json.dumps(value).encode(), key=key, partition=partition)
+    finally:
+        await producer.stop()
