@@ -166,7 +166,7 @@ def main() -> int:
             else:
                 print(f"  [{result['index']}] {result['filename']}: failed {result.get('error')}")
 
-        messy = f"  {PROMPT.replace('，', ' ， ')}\r\n\t"
+        messy = f" \u3000 {PROMPT}  \t\r\n"
         print(f"== task 2: the same images, prompt with extra whitespace {messy!r}")
         t0 = time.monotonic()
         second = run_task(api, files, messy)
@@ -175,7 +175,7 @@ def main() -> int:
         if not use_real:
             with urllib.request.urlopen(env["DASHSCOPE_HTTP_BASE_URL"].rsplit("/api/", 1)[0] + "/_emulator/stats") as r:
                 stats = json.loads(r.read())
-            print(f"  emulator: {stats.get('requests')} upstream calls in all, max {stats.get('max_in_flight')} in flight")
+            print(f"  emulator: {stats.get("total_requests")} upstream calls in all, max {stats.get('max_in_flight')} in flight")
         return 0 if first["status"] == "completed" and hits == len(second["results"]) else 1
     finally:
         for proc in reversed(procs):

@@ -4,6 +4,7 @@ and its partition moves on."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from typing import Any
@@ -24,16 +25,17 @@ async def dead_letter(*, source_topic: str, key: Any, raw: bytes | None, code: s
     raw = raw or b""
     metrics.inc("dead_letters_total", topic=source_topic, code=code)
     log.warning("dead letter from %s: %s (%s)", source_topic, code, reason[:200])
-    await dead_letter_topic.send(
-        key=str(key) if key is not None else None,
-        value={
-            "source_topic": source_topic,
-            "key": str(key) if key is not None else None,
-            "code": code,
-            "reason": reason,
-            "value_b64": base64.b64encode(raw[:MAX_KEPT_BYTES]).decode(),
-            "value_size": len(raw),
-            "truncated": len(raw) > MAX_KEPT_BYTES,
-            "at": time.time(),
-        },
-    )
+    letter = {
+        "source_topic": source_topic,
+        "key": str(key) if key is not None else None,
+        "code": code,
+        "reason": reason,
+        "value_b64": base64.b64encode(raw[:MAX_KEPT_BYTES]).decode(),
+        "value_size": len(raw),
+        "truncated": len(raw) > MAX_KEPT_BYTES,
+        "at": time.time(),
+    }
+    try:
+        await dead_letter_topic.send(key=str(key) if key is not None else None, value=json.dumps(letter).encode())
+    except Exception:  # noqa: BLE001 - losing a dead letter must not stop the partition
+        log.exception("could not publish a dead letter from %s", source_topic)

@@ -112,7 +112,7 @@ class Proc:
 
 def spawn(name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Proc:
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{name}.log"
+    log_path = log_dir / f"{name}.{os.getpid()}.log"  # one file per pytest process
     log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child
     full_env = {**os.environ, **env}
     popen = subprocess.Popen(args, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)

@@ -64,10 +64,16 @@ async def read_submission(request: web.Request) -> Submission:
     length = request.content_length
     if length is not None and length > settings.max_request_bytes:
         raise ImageTooLarge(f"request body of {length} bytes is over the {settings.max_request_bytes} limit")
+    submission = Submission()
+    if request.content_type == "application/x-www-form-urlencoded":
+        # A form without files (curl -d): fields only, so the error is about the images.
+        form = await request.post()
+        submission.edit_type = _form_text(form.get("edit_type"))
+        submission.edit_params = _form_text(form.get("edit_params"))
+        return submission
     if not (request.content_type or "").startswith("multipart/"):
         raise InvalidRequest("expected multipart/form-data with images, edit_type, edit_params",
                              code="invalid_content_type")
-    submission = Submission()
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
@@ -90,6 +96,10 @@ async def read_submission(request: web.Request) -> Submission:
         # aiohttp raises these for malformed boundaries and headers.
         raise InvalidRequest(f"malformed multipart body: {exc}", code="invalid_multipart") from None
     return submission
+
+
+def _form_text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 async def _inspect_all(files: list[tuple[str, bytes]]) -> list[Any]:
