@@ -9,6 +9,7 @@ Routes::
     POST /api/v1/services/aigc/multimodal-generation/generation   the model call
     GET  /results/{id}.png?Expires=<unix>&Signature=<hmac>          signed, expiring result
     GET  /_emulator/stats        counters (requests, in flight, max in flight, per model...)
+    GET  /_emulator/latencies    injected latencies since the last reset, in draw order
     POST /_emulator/reset        zero the counters
     GET  /_emulator/config       the fault settings in force
     POST /_emulator/config       change them: {"latency": "fixed:0.2", "rate_429": 1.0, ...}
@@ -36,7 +37,7 @@ import re
 import secrets
 import time
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -165,8 +166,11 @@ class Stats:
     results_served: int = 0
     results_denied: int = 0
     started_at: float = field(default_factory=time.time)
+    #: Injected latencies in the order calls drew them (benchmarks compare against them).
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
     def reset(self) -> None:
+        self.latencies.clear()
         self.total.reset()
         for counters in self.per_model.values():
             counters.reset()
@@ -184,6 +188,8 @@ class Stats:
             "per_model": {name: c.to_json() for name, c in sorted(self.per_model.items())},
             "results_served": self.results_served,
             "results_denied": self.results_denied,
+            "latency_count": len(self.latencies),
+            "latency_sum_s": round(sum(self.latencies), 6),
             "uptime_s": round(time.time() - self.started_at, 3),
         }
 
@@ -572,6 +578,7 @@ async def _generate(
         spec = ERRORS[decision.fault]
         raise _ApiError(spec.status, spec.code, spec.message)
     if decision.latency > 0:
+        state.stats.latencies.append(decision.latency)
         await asyncio.sleep(decision.latency)
     if decision.fault is Fault.DROP:
         _drop(request)
@@ -689,6 +696,12 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response({**state.stats.to_json(), "results_stored": len(state.results)})
 
 
+async def get_latencies(request: web.Request) -> web.Response:
+    """Injected latencies since the last reset, in the order calls drew them."""
+    state = request.app[STATE]
+    return web.json_response({"latencies_s": list(state.stats.latencies)})
+
+
 async def post_reset(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.stats.reset()
@@ -784,6 +797,7 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
     app.router.add_post(GENERATION_PATH, generation)
     app.router.add_get("/results/{name}", get_result)
     app.router.add_get("/_emulator/stats", get_stats)
+    app.router.add_get("/_emulator/latencies", get_latencies)
     app.router.add_post("/_emulator/reset", post_reset)
     app.router.add_get("/_emulator/config", get_config)
     app.router.add_post("/_emulator/config", post_config)

@@ -16,6 +16,7 @@ __all__ = ["app", "build_app", "settings"]
 COMPONENT_MODULES = [
     "streams.topics",
     "streams.web",
+    "streams.stats_views",
     "streams.image_edit.agents",
     "streams.image_edit.views",
     "streams.dimensions.agents",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
-__all__ = ["Metrics", "metrics"]
+__all__ = ["Labels", "Metrics", "metrics"]
 
 Labels = tuple[tuple[str, str], ...]
 
