@@ -197,7 +197,9 @@ async def enqueue_fetch(req: DimensionRequest) -> bool:
                    waiters=[Waiter(session_id=req.session_id, resource=req.resource, scene=req.scene,
                                    requested_at=req.requested_at)])
     try:
-        await dimension_fetch_topic.send(key=req.url, value=job)
+        # Buffered, not awaited: the answer never waits on Kafka either.  If the
+        # produce fails, the claim expires and the key's next request enqueues again.
+        dimension_fetch_topic.send_soon(key=req.url, value=job)
     except Exception:
         recent_enqueues.release(claim)
         raise

@@ -87,23 +87,27 @@ async def _forward(view: faust.web.View, request: web.Request, dest: URL, req: D
     async with app.http_client.get(target, headers=headers) as response:
         body = await response.read()
         out = web.Response(body=body, status=response.status, content_type=response.content_type)
-        for name in ("X-Dimension-Source", "Retry-After"):
+        for name in ("X-Dimension-Source", "Retry-After", "Server-Timing"):
             if name in response.headers:
                 out.headers[name] = response.headers[name]
         return out
 
 
-def _result_response(result: Any) -> web.Response:
+def _result_response(result: Any, started: float) -> web.Response:
     body = result.asdict()
     if body.get("error") is not None and not isinstance(body["error"], dict):
         body["error"] = body["error"].asdict()
     response = web.json_response(body, dumps=lambda obj: json.dumps(obj, separators=(",", ":")))
     response.headers["X-Dimension-Source"] = result.source
     response.headers["Cache-Control"] = "no-store"
+    # Time spent in the view (parse, lookup, enqueue), for clients and benchmarks.
+    response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.3f}"
     return response
 
 
-async def _answer_routed(view: faust.web.View, request: web.Request, req: DimensionRequest) -> web.Response:
+async def _answer_routed(
+    view: faust.web.View, request: web.Request, req: DimensionRequest, started: float
+) -> web.Response:
     """Answer on the key's owner: here, or forwarded as a GET."""
     if not readiness.ready:
         return _not_ready()
@@ -119,7 +123,7 @@ async def _answer_routed(view: faust.web.View, request: web.Request, req: Dimens
     if result is None:
         return error_response(404, "dimension_not_found",
                               "no size known for this session_id/resource/scene; pass url to fetch it")
-    return _result_response(result)
+    return _result_response(result, started)
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -136,19 +140,21 @@ class DimensionsView(faust.web.View):
     """Sizes of images referenced by URL (GET) or sent inline (POST)."""
 
     async def get(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
         req = service.parse_request(dict(request.query), require_source=False)
-        return await _answer_routed(self, request, req)
+        return await _answer_routed(self, request, req, started)
 
     async def post(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
         body = await _json_body(request)
         req = service.parse_request(body)
         if req.data is None:
-            return await _answer_routed(self, request, req)
+            return await _answer_routed(self, request, req, started)
         # Computed in-line, on any worker: the dimensions table is written by the
         # update it publishes, on the key's owner.
         result = await compute(req)
         metrics.inc("dimension_requests_total", source="computed", via="http")
-        return _result_response(result)
+        return _result_response(result, started)
 
 
 @app.page("/api/v1/dimensions/prewarm")

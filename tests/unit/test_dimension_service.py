@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from streams.dimensions.models import DimensionEntry, DimensionUpdate, ErrorInfo, SceneSizes, UrlEntry, Waiter
+from streams.dimensions.models import DimensionUpdate, ErrorInfo, SceneSizes, UrlEntry, Waiter
 from streams.dimensions.service import (
     ANOMALOUS_SIZE,
     PendingFetches,
