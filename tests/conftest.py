@@ -15,24 +15,14 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.support import (
-    ARTIFACTS,
-    REPO,
-    Proc,
-    free_port,
-    http_status,
-    imagestream_cmd,
-    spawn,
-    wait_for_sync,
-)
+from tests.support import REPO, Emulator, Worker, start_emulator, start_worker
+
+__all__ = ["Emulator", "Worker", "start_emulator", "start_worker"]
 
 PROBE = REPO / "scripts" / "kafka_probe.py"
-EMULATOR_KEY = "sk-emulator-test"
 
 
 def _broker_answers(bootstrap: str) -> bool:
@@ -77,89 +67,15 @@ def kafka_bootstrap() -> Iterator[str]:
     pytest.fail("no real Kafka broker could be had:\n" + "\n".join(errors), pytrace=False)
 
 
-@dataclass
-class Emulator:
-    base_url: str  # http://127.0.0.1:PORT
-    api_url: str  # base_url + /api/v1, what DASHSCOPE_HTTP_BASE_URL is set to
-    api_key: str
-    proc: Proc
-
-
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[Emulator]:
     """The DashScope emulator as a separate process (latency 0.2 s, no faults)."""
-    port = free_port()
-    proc = spawn(
-        "emulator",
-        imagestream_cmd("emulator", "--host", "127.0.0.1", "--port", str(port), "--latency", "fixed:0.2",
-                        "--api-key", EMULATOR_KEY),
-        {},
-        ARTIFACTS,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        wait_for_sync(lambda: http_status(f"{base}/_emulator/stats") == 200, timeout=30, what="emulator")
-    except TimeoutError:
-        proc.stop()
-        pytest.fail(f"emulator did not start:\n{proc.log_tail()}", pytrace=False)
-    yield Emulator(base_url=base, api_url=f"{base}/api/v1", api_key=EMULATOR_KEY, proc=proc)
-    proc.stop()
-
-
-@dataclass
-class Worker:
-    url: str
-    data_dir: Path
-    app_id: str
-    proc: Proc
-
-    def topic(self, name: str) -> str:
-        """The worker's name for a topic (tests give each worker group a prefix)."""
-        return f"{self.app_id}.{name}"
-
-
-def start_worker(
-    name: str,
-    *,
-    kafka_bootstrap: str,
-    emulator: Emulator,
-    data_dir: Path,
-    app_id: str,
-    partitions: int = 1,
-    extra_env: dict[str, str] | None = None,
-    port: int | None = None,
-) -> Worker:
-    """Start ``imagestream worker`` as a subprocess; returns once /healthz says ready."""
-    port = port or free_port()
-    env = {
-        "IMAGESTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "IMAGESTREAM_APP_ID": app_id,
-        "IMAGESTREAM_DATA_DIR": str(data_dir),
-        "IMAGESTREAM_WEB_PORT": str(port),
-        "IMAGESTREAM_API_URL": f"http://127.0.0.1:{port}",
-        "IMAGESTREAM_TOPIC_PARTITIONS": str(partitions),
-        # Topics of their own: events left by earlier sessions on this broker are
-        # not replayed, and each worker group can have its own partition count.
-        "IMAGESTREAM_TOPIC_PREFIX": f"{app_id}.",
-        "IMAGESTREAM_FETCH_ALLOWLIST": "127.0.0.1",
-        "DASHSCOPE_HTTP_BASE_URL": emulator.api_url,
-        "DASHSCOPE_API_KEY": emulator.api_key,
-        **(extra_env or {}),
-    }
-    proc = spawn(name, imagestream_cmd("worker", "-l", "info"), env, ARTIFACTS)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"worker exited with {proc.popen.returncode}")
-        return http_status(f"{url}/healthz") == 200
-
-    try:
-        wait_for_sync(ready, timeout=180, interval=0.2, what=f"{name} /healthz")
-    except (TimeoutError, RuntimeError) as exc:
-        proc.stop()
-        pytest.fail(f"{name} did not become ready: {exc}\n{proc.log_tail(80)}", pytrace=False)
-    return Worker(url=url, data_dir=data_dir, app_id=app_id, proc=proc)
+        emu = start_emulator("--latency", "fixed:0.2")
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield emu
+    emu.proc.stop()
 
 
 @pytest.fixture(scope="session")
@@ -173,7 +89,10 @@ def worker(kafka_bootstrap: str, emulator: Emulator, tmp_path_factory: pytest.Te
     """One worker for the session (both pipelines, HTTP API) on 1 partition, so the
     per-partition upstream window is also the whole worker's."""
     data_dir = tmp_path_factory.mktemp("worker-data")
-    w = start_worker("worker", kafka_bootstrap=kafka_bootstrap, emulator=emulator, data_dir=data_dir,
-                     app_id=f"imagestream-test-{session_id}")
+    try:
+        w = start_worker("worker", kafka_bootstrap=kafka_bootstrap, emulator=emulator, data_dir=data_dir,
+                         app_id=f"imagestream-test-{session_id}")
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
     yield w
     w.proc.stop()

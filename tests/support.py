@@ -143,6 +143,92 @@ async def http_ok(url: str, *, status: int = 200) -> bool:
             return resp.status == status
 
 
+# --- services: emulator and worker -----------------------------------------------
+
+@dataclass
+class Emulator:
+    base_url: str  # http://127.0.0.1:PORT
+    api_url: str  # base_url + /api/v1, what DASHSCOPE_HTTP_BASE_URL is set to
+    api_key: str
+    proc: Proc
+
+
+
+
+EMULATOR_KEY = "sk-emulator-test"
+
+
+def start_emulator(*args: str, name: str = "emulator") -> Emulator:
+    """Start ``imagestream emulator`` (extra CLI ``args``) on a free port; wait until it answers."""
+    port = free_port()
+    proc = spawn(name, imagestream_cmd("emulator", "--host", "127.0.0.1", "--port", str(port),
+                                       "--api-key", EMULATOR_KEY, *args), {}, ARTIFACTS)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_sync(lambda: http_status(f"{base}/_emulator/stats") == 200, timeout=30, what="emulator")
+    except TimeoutError:
+        proc.stop()
+        raise RuntimeError(f"emulator did not start:\n{proc.log_tail()}") from None
+    return Emulator(base_url=base, api_url=f"{base}/api/v1", api_key=EMULATOR_KEY, proc=proc)
+
+
+@dataclass
+class Worker:
+    url: str
+    data_dir: Path
+    app_id: str
+    proc: Proc
+
+    def topic(self, name: str) -> str:
+        """The worker's name for a topic (tests give each worker group a prefix)."""
+        return f"{self.app_id}.{name}"
+
+
+def start_worker(
+    name: str,
+    *,
+    kafka_bootstrap: str,
+    emulator: Emulator,
+    data_dir: Path,
+    app_id: str,
+    partitions: int = 1,
+    extra_env: dict[str, str] | None = None,
+    port: int | None = None,
+) -> Worker:
+    """Start ``imagestream worker`` as a subprocess; returns once /healthz says ready."""
+    port = port or free_port()
+    env = {
+        "IMAGESTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "IMAGESTREAM_APP_ID": app_id,
+        "IMAGESTREAM_DATA_DIR": str(data_dir),
+        "IMAGESTREAM_WEB_PORT": str(port),
+        "IMAGESTREAM_API_URL": f"http://127.0.0.1:{port}",
+        "IMAGESTREAM_TOPIC_PARTITIONS": str(partitions),
+        # Topics of their own: events left by earlier sessions on this broker are
+        # not replayed, and each worker group can have its own partition count.
+        "IMAGESTREAM_TOPIC_PREFIX": f"{app_id}.",
+        "IMAGESTREAM_FETCH_ALLOWLIST": "127.0.0.1",
+        "DASHSCOPE_HTTP_BASE_URL": emulator.api_url,
+        "DASHSCOPE_API_KEY": emulator.api_key,
+        **(extra_env or {}),
+    }
+    proc = spawn(name, imagestream_cmd("worker", "-l", "info"), env, ARTIFACTS)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"worker exited with {proc.popen.returncode}")
+        return http_status(f"{url}/healthz") == 200
+
+    try:
+        wait_for_sync(ready, timeout=180, interval=0.2, what=f"{name} /healthz")
+    except (TimeoutError, RuntimeError) as exc:
+        proc.stop()
+        raise RuntimeError(f"{name} did not become ready: {exc}\n{proc.log_tail(80)}") from None
+    return Worker(url=url, data_dir=data_dir, app_id=app_id, proc=proc)
+
+
+
 # --- Kafka --------------------------------------------------------------------------
 
 
