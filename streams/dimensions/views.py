@@ -26,14 +26,12 @@ import time
 from typing import Any
 
 import faust
-from faust.serializers import codecs
 from aiohttp import web
 from yarl import URL
 
 from streams.app import app, settings
-from streams.codecs import JSON_KEY
 from streams.dimensions import service
-from streams.dimensions.agents import answer, compute, key_of, recent_enqueues
+from streams.dimensions.agents import answer, compute, key_of, partition_of, recent_enqueues
 from streams.dimensions.models import DimensionRequest, FetchJob
 from streams.dimensions.tables import dimensions
 from streams.errors import InvalidRequest
@@ -65,10 +63,17 @@ def _ident(url: URL) -> tuple[str, int]:
 def _owner(key: str) -> URL | None:
     """The web URL of the worker owning ``key`` in ``dimensions``; None: this one.
 
-    Raises KeyError while the assignment is not known."""
-    raw_key = codecs.dumps(JSON_KEY, key)  # as the updates topic keys it (see tables.py)
-    dest = URL(app.assignor.key_store(dimensions.changelog_topic.get_topic_name(), raw_key))
-    return None if _ident(dest) == _ident(URL(app.conf.canonical_url)) else dest
+    The partition is the one the updates topic gives the key (see tables.py), looked
+    up in the assignor's changelog distribution.  Not through the producer's
+    metadata (``router.key_store``): right after start it may not know the changelog
+    topic yet and fails.  Raises KeyError while the assignment is not known."""
+    partition = partition_of(key, settings.topic_partitions)
+    topic = dimensions.changelog_topic.get_topic_name()
+    for host, topics in app.router.table_metadata(dimensions.name).items():
+        if partition in topics.get(topic, ()):
+            dest = URL(host)
+            return None if _ident(dest) == _ident(URL(app.conf.canonical_url)) else dest
+    raise KeyError(f"no owner known for partition {partition} of {topic}")
 
 
 def _query_of(req: DimensionRequest) -> dict[str, str]:
