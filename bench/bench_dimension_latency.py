@@ -10,7 +10,7 @@ Prints:
     python bench/bench_dimension_latency.py
 
 Needs a Kafka broker (``IMAGESTREAM_KAFKA_BOOTSTRAP``, default 127.0.0.1:9092 --
-``scripts/kafka start``).  Starts its own worker (``tests.conftest.start_worker``,
+``scripts/kafka start``).  Starts its own worker (``tests.support.start_worker``,
 fresh app id and data dir) unless ``IMAGESTREAM_BENCH_API_URL`` names a running
 one; such a worker must allow-list 127.0.0.1 (``IMAGESTREAM_FETCH_ALLOWLIST``)
 because the image servers run here on loopback.
@@ -213,7 +213,7 @@ def main() -> None:
     api = os.environ.get("IMAGESTREAM_BENCH_API_URL")
     worker = None
     if not api:
-        from tests.conftest import Emulator, start_worker
+        from tests.support import Emulator, start_worker
 
         bootstrap = os.environ.get("IMAGESTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
         data_dir = Path(tempfile.mkdtemp(prefix="bench-dim-"))
