@@ -24,7 +24,7 @@ class LenientJsonKey(codecs.Codec):
     """JSON for keys; undecodable keys are returned as (replacement-decoded) text."""
 
     def _dumps(self, obj: Any) -> bytes:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        return json.dumps(obj).encode()  # byte-for-byte what faust's json codec writes
 
     def _loads(self, s: bytes) -> Any:
         try:

@@ -39,6 +39,7 @@ def _topic(name: str, *, compacted: bool = False) -> faust.TopicT:
         key_serializer=JSON_KEY,
         value_serializer="raw",
         internal=True,
+        partitions=settings.topic_partitions,
         compacting=compacted or None,
     )
 

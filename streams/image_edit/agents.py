@@ -19,7 +19,6 @@ import base64
 import logging
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -33,12 +32,22 @@ from streams.deadletter import dead_letter
 from streams.errors import ImagestreamError, InputError, InvalidImage, InvalidRequest
 from streams.image_edit import state
 from streams.image_edit.executor import EditExecutor
-from streams.image_edit.images import ImageInfo, inspect_image_in_thread
+from streams.image_edit.images import ImageInfo, inspect_image_in_thread, recent_images
 from streams.image_edit.keys import cache_key, image_sha256
-from streams.image_edit.models import ErrorInfo, ImageJob, ImageRef, ImageResult, TaskRequest, TaskStatus, TaskUpdate
+from streams.image_edit.models import (
+    ErrorInfo,
+    ImageJob,
+    ImageJobBatch,
+    ImageRef,
+    ImageResult,
+    TaskRequest,
+    TaskStatus,
+    TaskUpdate,
+)
 from streams.image_edit.presets import load_presets
 from streams.image_edit.tables import edit_cache, task_status
 from streams.image_edit.validation import validate_edit_request, validate_task_request
+from streams.publish import on_delivery, partition_for, publish
 from streams.runtime import runtime
 from streams.stats import metrics
 from streams.topics import (
@@ -56,34 +65,27 @@ log = logging.getLogger(__name__)
 MAX_PENDING_JOBS = 2000
 #: Images of one task resolved and inspected at once.
 PLAN_PARALLELISM = 4
-#: Aggregator batch: at most this many updates, or what arrived within AGGREGATE_WITHIN.
-AGGREGATE_BATCH = 500
-AGGREGATE_WITHIN = 0.005
+#: Batches: at most this many events, or what arrived within BATCH_WITHIN seconds.
+EDIT_BATCH = 1000
+AGGREGATE_BATCH = 1000
+BATCH_WITHIN = 0.005
+
+
+@contextmanager
+def event_context(event: faust.EventT) -> Iterator[None]:
+    """Make ``event`` the current event, so a table write lands in its partition.
+
+    ``take_events`` hands out a batch; Faust's RocksDB store and changelog pick the
+    partition from the *current* event, which is the batch's last one otherwise.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 # --- plan ---------------------------------------------------------------------------
-class _InfoMemo:
-    """sha256 → ImageInfo for images seen recently (decode + pixel hash once)."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._items: OrderedDict[str, ImageInfo] = OrderedDict()
-
-    def get(self, sha: str) -> ImageInfo | None:
-        info = self._items.get(sha)
-        if info is not None:
-            self._items.move_to_end(sha)
-        return info
-
-    def put(self, info: ImageInfo) -> None:
-        self._items[info.sha256] = info
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
-
-
-_memo = _InfoMemo()
-
-
 async def fetch_image_bytes(ref: ImageRef) -> bytes:
     """The bytes of one input image, wherever it is; InputError if it can't be had."""
     rt = runtime()
@@ -112,21 +114,31 @@ async def fetch_image_bytes(ref: ImageRef) -> bytes:
 
 
 async def prepare_image(ref: ImageRef) -> tuple[str, ImageInfo]:
-    """Resolve, validate and store one input image; returns (blob sha, info)."""
+    """Resolve, validate and store one input image; returns (blob sha, info).
+
+    A blob already known to this worker is not even read: its name is its sha256.
+    """
+    if ref.blob and (info := recent_images.get(ref.blob)) is not None:
+        return ref.blob, info
     data = await fetch_image_bytes(ref)
     sha = image_sha256(data)
-    info = _memo.get(sha)
+    info = recent_images.get(sha)
     if info is None:
         info = await inspect_image_in_thread(data, max_bytes=settings.max_image_bytes,
                                              max_pixels=settings.max_image_pixels)
-        _memo.put(info)
+        recent_images.put(info)
     if not ref.blob:
         await runtime().blobs.put(data, sha)
     return sha, info
 
 
-async def plan_task(task: TaskRequest) -> None:
-    """Fan a validated task out into jobs; failed images get their result at once."""
+async def plan_task(task: TaskRequest) -> list[asyncio.Future[Any]]:
+    """Fan a validated task out into jobs; failed images get their result at once.
+
+    Returns the delivery futures of everything it published.  The plan is handed to
+    the producer before any job, on the partition its results will use, so the
+    aggregator always reads it first without waiting for its delivery here.
+    """
     edit_type, prompt, params = validate_edit_request(
         task.edit_type, task.edit_params, len(task.images), settings, load_presets()
     )
@@ -146,15 +158,14 @@ async def plan_task(task: TaskRequest) -> None:
     now = time.time()
     plan = TaskUpdate(task_id=task.task_id, kind="plan", total_images=len(task.images),
                       created_at=task.submitted_at or now)
-    await (await task_updates_topic.send(key=task.task_id, value=plan))
-    sends = []
+    sends = [await publish(task_updates_topic, task.task_id, plan)]
+    failed: list[ImageResult] = []
+    by_partition: dict[int, list[ImageJob]] = {}
     for index, (ref, item) in enumerate(zip(task.images, prepared, strict=True)):
         if isinstance(item, InputError):
-            failed = ImageResult(task_id=task.task_id, index=index, filename=ref.filename, status="failed",
-                                 error=ErrorInfo(code=item.code, message=item.message))
+            failed.append(ImageResult(task_id=task.task_id, index=index, filename=ref.filename, status="failed",
+                                      error=ErrorInfo(code=item.code, message=item.message)))
             metrics.inc("images_failed_total", code=item.code)
-            sends.append(await task_updates_topic.send(
-                key=task.task_id, value=TaskUpdate(task_id=task.task_id, kind="result", result=failed)))
             continue
         sha, info = item
         key = cache_key(model=settings.model, edit_type=edit_type, image_identity=info.identity,
@@ -162,32 +173,51 @@ async def plan_task(task: TaskRequest) -> None:
         job = ImageJob(task_id=task.task_id, index=index, filename=ref.filename, edit_type=edit_type,
                        prompt=prompt, params=params, cache_key=key, image_sha256=sha, blob=sha,
                        submitted_at=task.submitted_at or now)
-        sends.append(await image_edit_jobs_topic.send(key=key, value=job))
-    await asyncio.gather(*sends)  # durable before the request's offset is committed
+        by_partition.setdefault(partition_for(key, settings.topic_partitions), []).append(job)
+    for partition, jobs in sorted(by_partition.items()):
+        sends.append(await publish(image_edit_jobs_topic, jobs[0].cache_key, ImageJobBatch(jobs=jobs),
+                                   partition=partition))
+    if failed:
+        sends.append(await publish(task_updates_topic, task.task_id,
+                                   TaskUpdate(task_id=task.task_id, kind="results", results=failed)))
     metrics.inc("tasks_planned_total")
     metrics.inc("images_planned_total", len(task.images))
+    return sends
 
 
 async def refuse_task(task_id: str, error: ImagestreamError) -> None:
     """A task that can't run at all: failed status (so its submitter learns why)."""
     update = TaskUpdate(task_id=task_id, kind="plan", total_images=0, created_at=time.time(),
                         error=ErrorInfo(code=error.code, message=error.message))
-    await (await task_updates_topic.send(key=task_id, value=update))
+    await (await publish(task_updates_topic, task_id, update))
+
+
+def _ack_when_delivered(event: faust.EventT, futures: list[asyncio.Future[Any]]) -> None:
+    """Ack the request once all it produced is durable (a crash before replays it)."""
+    if not futures:
+        event.ack()
+        return
+    on_delivery(asyncio.gather(*futures), event.ack)
 
 
 @app.agent(image_edit_requests_topic)
 async def plan_tasks(stream: faust.StreamT[bytes]) -> None:
-    """Validate each TaskRequest and fan it out; a bad one is dead-lettered."""
-    async for event in stream.events():
+    """Validate each TaskRequest and fan it out; a bad one is dead-lettered.
+
+    The agent never waits on Kafka round trips: each request's offset is acked
+    when what it produced has been delivered."""
+    async for event in stream.noack().events():
         raw = event.value
         try:
             task = validate_task_request(raw)
         except InvalidRequest as exc:
             await dead_letter(source_topic=event.message.topic, key=event.key, raw=raw, code=exc.code,
                               reason=exc.message)
+            event.ack()
             continue
         try:
-            await plan_task(task)
+            _ack_when_delivered(event, await plan_task(task))
+            continue
         except InputError as exc:
             await dead_letter(source_topic=event.message.topic, key=event.key, raw=raw, code=exc.code,
                               reason=exc.message)
@@ -197,6 +227,7 @@ async def plan_tasks(stream: faust.StreamT[bytes]) -> None:
             await dead_letter(source_topic=event.message.topic, key=event.key, raw=raw, code="internal_error",
                               reason=f"{type(exc).__name__}: {exc}")
             await refuse_task(task.task_id, ImagestreamError("internal error while planning the task"))
+        event.ack()
 
 
 # --- edit ---------------------------------------------------------------------------
@@ -217,20 +248,38 @@ def executor() -> EditExecutor:
     return _executor
 
 
-def _ack_on_delivery(event: faust.EventT) -> Any:
-    def callback(_: Any) -> None:
-        event.ack()
+class BatchAck:
+    """Acks a job batch's event once every job in it has its result in Kafka."""
 
-    return callback
+    def __init__(self, event: faust.EventT, pending: int) -> None:
+        self.event = event
+        self.pending = pending
+        if pending == 0:
+            event.ack()
+
+    def done(self, n: int = 1) -> None:
+        self.pending -= n
+        if self.pending == 0:
+            self.event.ack()
 
 
-async def _finish_job(event: faust.EventT, job: ImageJob, gate: asyncio.Semaphore) -> None:
+async def _send_results(results: list[ImageResult], acks: list[BatchAck]) -> None:
+    """Publish outcomes of one task's jobs; each job counts as done once it is durable."""
+    update = TaskUpdate(task_id=results[0].task_id, kind="results", results=results)
+
+    def delivered() -> None:
+        for ack in acks:
+            ack.done()
+
+    on_delivery(await publish(task_updates_topic, update.task_id, update), delivered)
+
+
+async def _finish_job(job: ImageJob, partition: int, ack: BatchAck, gate: asyncio.Semaphore) -> None:
     try:
-        outcome = await executor().run(job, partition=event.message.partition)
+        outcome = await executor().run(job, partition=partition)
         if outcome.new_entry is not None:
             edit_cache[job.cache_key] = outcome.new_entry  # only completed results are cached
-        update = TaskUpdate(task_id=job.task_id, kind="result", result=outcome.result)
-        await task_updates_topic.send(key=job.task_id, value=update, callback=_ack_on_delivery(event))
+        await _send_results([outcome.result], [ack])
     except asyncio.CancelledError:
         raise  # not acked: the partition's next owner runs it again (idempotent by key)
     except Exception:
@@ -238,81 +287,82 @@ async def _finish_job(event: faust.EventT, job: ImageJob, gate: asyncio.Semaphor
         failed = ImageResult(task_id=job.task_id, index=job.index, filename=job.filename, status="failed",
                              error=ErrorInfo(code="internal_error", message="internal error"),
                              cache_key=job.cache_key)
-        await task_updates_topic.send(key=job.task_id, value=TaskUpdate(task_id=job.task_id, kind="result",
-                                      result=failed), callback=_ack_on_delivery(event))
+        await _send_results([failed], [ack])
     finally:
         gate.release()
 
 
 @app.agent(image_edit_jobs_topic)
 async def edit_images(stream: faust.StreamT[bytes]) -> None:
-    """Cache hits answer at once; misses run in the background, so a slow upstream
-    call never blocks the partition.  Each job's offset is acked only when its
-    result has been delivered to Kafka (Faust commits up to the first unacked)."""
+    """Cache hits are answered at once, one update per task; misses run in the
+    background, so a slow upstream call never blocks the partition.  A batch's
+    offset is acked only when all its results are durable in Kafka (Faust commits
+    up to the first unacked offset), so a crash replays it (idempotent by key)."""
     gate = asyncio.Semaphore(MAX_PENDING_JOBS)
     pending: set[asyncio.Task[None]] = set()
-    async for event in stream.noack().events():
+    async for events in stream.noack().take_events(EDIT_BATCH, within=BATCH_WITHIN):
         started = time.monotonic()
-        try:
-            job = ImageJob.loads(event.value)
-        except Exception as exc:  # noqa: BLE001 - any decode failure is a bad event
-            await dead_letter(source_topic=event.message.topic, key=event.key, raw=event.value,
-                              code="invalid_job", reason=str(exc)[:500])
-            event.ack()
-            continue
-        cached = edit_cache.get(job.cache_key)
-        if cached is not None:
-            result = executor().hit(job, cached, started)
-            await task_updates_topic.send(key=job.task_id,
-                                          value=TaskUpdate(task_id=job.task_id, kind="result", result=result),
-                                          callback=_ack_on_delivery(event))
-            continue
-        await gate.acquire()
-        task = asyncio.create_task(_finish_job(event, job, gate))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+        hits: dict[str, tuple[list[ImageResult], list[BatchAck]]] = {}
+        for event in events:
+            try:
+                batch = ImageJobBatch.loads(event.value)
+                jobs = [job if isinstance(job, ImageJob) else ImageJob(**job) for job in batch.jobs]
+            except Exception as exc:  # noqa: BLE001 - any decode failure is a bad event
+                await dead_letter(source_topic=event.message.topic, key=event.key, raw=event.value,
+                                  code="invalid_job", reason=f"{type(exc).__name__}: {exc}"[:500])
+                event.ack()
+                continue
+            ack = BatchAck(event, len(jobs))
+            with event_context(event):
+                for job in jobs:
+                    cached = edit_cache.get(job.cache_key)
+                    if cached is None:
+                        await gate.acquire()
+                        task = asyncio.create_task(  # copies the event context: cache writes land right
+                            _finish_job(job, event.message.partition, ack, gate))
+                        pending.add(task)
+                        task.add_done_callback(pending.discard)
+                        continue
+                    results, acks = hits.setdefault(job.task_id, ([], []))
+                    results.append(executor().hit(job, cached, started))
+                    acks.append(ack)
+        for results, acks in hits.values():
+            await _send_results(results, acks)
 
 
 # --- aggregate ----------------------------------------------------------------------
-def fold_update(current: TaskStatus | None, update: TaskUpdate, now: float) -> tuple[TaskStatus, bool]:
-    """Apply one plan or result to a task's status; returns (status, new result?).
+def fold_update(current: TaskStatus | None, update: TaskUpdate, now: float) -> tuple[TaskStatus, list[ImageResult]]:
+    """Apply one plan or batch of results to a task's status.
 
-    A replayed plan changes nothing; a result without a plan is a bad event
-    (ValueError → dead letter), since plans are always written first.
+    Returns the status and the results that were new (a duplicate or replayed result
+    changes nothing and is not published again).  A replayed plan changes nothing;
+    results without a plan are a bad event (ValueError → dead letter), since plans
+    are always written first.
     """
     if update.kind == "plan":
         if current is not None:
-            return current, False
+            return current, []
         status = state.new_status(update.task_id, update.total_images, update.created_at or now)
         if update.error is not None:
-            return state.mark_task_failed(status, update.error, now), False
-        return state.mark_processing(status, now)[0], False
-    if update.kind != "result" or update.result is None:
+            return state.mark_task_failed(status, update.error, now), []
+        return state.mark_processing(status, now)[0], []
+    if update.kind != "results":
         raise ValueError(f"unknown task update kind {update.kind!r}")
     if current is None:
-        raise ValueError(f"result for task {update.task_id!r} before its plan")
-    return state.apply_result(current, update.result, now)
-
-
-@contextmanager
-def event_context(event: faust.EventT) -> Iterator[None]:
-    """Make ``event`` the current event, so a table write lands in its partition.
-
-    ``take_events`` hands out a batch; Faust's RocksDB store and changelog pick the
-    partition from the *current* event, which is the batch's last one otherwise.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
+        raise ValueError(f"results for task {update.task_id!r} before its plan")
+    fresh: list[ImageResult] = []
+    for result in update.results:
+        current, changed = state.apply_result(current, result, now)
+        if changed:
+            fresh.append(result)
+    return current, fresh
 
 
 @app.agent(task_updates_topic)
 async def aggregate_tasks(stream: faust.StreamT[bytes]) -> None:
     """Fold plans and results into ``task_status``; publish each new result once and
     one snapshot per changed task per batch."""
-    async for events in stream.take_events(AGGREGATE_BATCH, within=AGGREGATE_WITHIN):
+    async for events in stream.take_events(AGGREGATE_BATCH, within=BATCH_WITHIN):
         changed: dict[str, tuple[faust.EventT, TaskStatus]] = {}
         new_results: list[ImageResult] = []
         now = time.time()
@@ -325,15 +375,14 @@ async def aggregate_tasks(stream: faust.StreamT[bytes]) -> None:
                 await dead_letter(source_topic=event.message.topic, key=event.key, raw=event.value,
                                   code="invalid_update", reason=f"{type(exc).__name__}: {exc}"[:500])
                 continue
-            if fresh and update.result is not None:
-                new_results.append(update.result)
+            new_results.extend(fresh)
             if status is not current:
                 changed[update.task_id] = (event, status)
         for result in new_results:
-            await image_edit_results_topic.send(key=result.task_id, value=result)
+            await publish(image_edit_results_topic, result.task_id, result)
         for task_id, (event, status) in changed.items():
             with event_context(event):
                 task_status[task_id] = status
-            await image_edit_task_status_topic.send(key=task_id, value=status)
+            await publish(image_edit_task_status_topic, task_id, status)
             if state.is_terminal(status):
                 metrics.inc("tasks_finished_total", status=status.status)

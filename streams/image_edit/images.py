@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -37,8 +38,10 @@ from streams.image_edit.keys import image_sha256, pixel_hash
 __all__ = [
     "ACCEPTED_FORMATS",
     "ImageInfo",
+    "ImageInfoCache",
     "inspect_image",
     "inspect_image_in_thread",
+    "recent_images",
 ]
 
 #: Pillow format name → MIME type the upstream is told.  MPO is the multi-picture
@@ -216,3 +219,36 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
 async def inspect_image_in_thread(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
     """:func:`inspect_image` in the default executor, off the event loop."""
     return await asyncio.to_thread(inspect_image, data, max_bytes=max_bytes, max_pixels=max_pixels)
+
+
+class ImageInfoCache:
+    """sha256 → :class:`ImageInfo` of images inspected recently (LRU).
+
+    Inspection decodes the whole image and hashes its pixels; the same bytes always
+    give the same info, so a worker that has seen an image (uploaded through its API,
+    or planned before) never decodes it again.  Keyed by the sha256 of the bytes,
+    which for blob references is the blob's own name.
+    """
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._items: OrderedDict[str, ImageInfo] = OrderedDict()
+
+    def get(self, sha256: str) -> ImageInfo | None:
+        info = self._items.get(sha256)
+        if info is not None:
+            self._items.move_to_end(sha256)
+        return info
+
+    def put(self, info: ImageInfo) -> None:
+        self._items[info.sha256] = info
+        self._items.move_to_end(info.sha256)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+#: The worker's cache of inspected images.
+recent_images = ImageInfoCache()

@@ -14,6 +14,7 @@ __all__ = [
     "CacheEntry",
     "ErrorInfo",
     "ImageJob",
+    "ImageJobBatch",
     "ImageRef",
     "ImageResult",
     "TaskRequest",
@@ -68,6 +69,17 @@ class ImageJob(_Record):
     submitted_at: float = 0.0
 
 
+class ImageJobBatch(_Record):
+    """Internal (``image-edit-jobs``): the jobs of one task that belong to one partition.
+
+    Jobs are placed by cache key, so duplicates of one image meet on one partition;
+    carrying a task's jobs for a partition in one event costs one Kafka event per
+    task and partition instead of one per image.
+    """
+
+    jobs: list[ImageJob]
+
+
 class ImageResult(_Record):
     """The outcome for one image (seed shape, fixed). Key: task_id."""
 
@@ -101,13 +113,14 @@ class TaskStatus(_Record):
 
 
 class TaskUpdate(_Record):
-    """Internal (``imagestream-task-updates``): a task's plan or one image's outcome."""
+    """Internal (``imagestream-task-updates``): a task's plan, or outcomes of some of
+    its images (batched: cache hits of one task arrive together)."""
 
     task_id: str
-    kind: str  # plan | result
+    kind: str  # plan | results
     total_images: int = 0
     created_at: float = 0.0
-    result: Optional[ImageResult] = None
+    results: list[ImageResult] = []
     error: Optional[ErrorInfo] = None  # kind=plan: the whole task was refused
 
 

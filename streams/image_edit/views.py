@@ -18,9 +18,9 @@ import faust
 from aiohttp import BodyPartReader, web
 
 from streams.app import app, settings
-from streams.blobs import is_sha256, sniff_mime
+from streams.blobs import BlobError, BlobNotFound, is_sha256, sniff_mime
 from streams.errors import ImageTooLarge, InputError, InvalidRequest
-from streams.image_edit.images import inspect_image_in_thread
+from streams.image_edit.images import inspect_image_in_thread, recent_images
 from streams.image_edit.models import ImageRef, TaskRequest
 from streams.image_edit.presets import load_presets
 from streams.runtime import runtime
@@ -108,11 +108,13 @@ async def _inspect_all(files: list[tuple[str, bytes]]) -> list[Any]:
     async def inspect(filename: str, data: bytes) -> Any:
         async with gate:
             try:
-                return await inspect_image_in_thread(
+                info = await inspect_image_in_thread(
                     data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
                 )
             except InputError as exc:
                 raise type(exc)(f"{filename}: {exc.message}", code=exc.code) from None
+            recent_images.put(info)  # the plan agent of this worker will not decode it again
+            return info
 
     return await asyncio.gather(*(inspect(name, data) for name, data in files))
 
@@ -176,22 +178,51 @@ def _not_ready() -> web.Response:
 
 @app.page("/api/v1/blobs/{sha256}")
 class BlobView(faust.web.View):
-    """Bytes of an input or result image, by content hash (immutable, cacheable)."""
+    """Bytes of an input or result image, by content hash (immutable, cacheable).
+
+    Streamed from whichever blob store the worker has (local folder or S3), or, with
+    ``IMAGESTREAM_BLOB_PRESIGN`` on an S3 store, a 302 to a presigned URL of the object.
+    """
 
     async def get(self, request: web.Request, sha256: str) -> web.StreamResponse:
         if not is_sha256(sha256):
             return error_response(400, "invalid_blob_id", "blob ids are lowercase hex sha256 digests")
-        path = runtime().blobs.path(sha256)
-        if not path.is_file():
+        blobs = runtime().blobs
+        etag = f'"{sha256}"'
+        try:
+            if settings.blob_presign:
+                url = await blobs.presigned_url(sha256, settings.blob_presign_ttl)
+                if url is not None:
+                    if not await blobs.exists(sha256):
+                        return error_response(404, "blob_not_found", f"no blob {sha256}")
+                    max_age = int(min(300.0, settings.blob_presign_ttl / 2))
+                    return web.Response(status=302, headers={"Location": url, "Cache-Control": f"private, max-age={max_age}"})
+            if etag in request.headers.get("If-None-Match", ""):
+                if await blobs.exists(sha256):
+                    return web.Response(status=304, headers={"ETag": etag})
+            stream = await blobs.open_stream(sha256)
+        except BlobNotFound:
             return error_response(404, "blob_not_found", f"no blob {sha256}")
-        with path.open("rb") as fh:
-            head = fh.read(16)
-        return web.FileResponse(
-            path,
-            headers={
-                "Content-Type": sniff_mime(head),
-                "Cache-Control": "public, max-age=31536000, immutable",
-                "ETag": f'"{sha256}"',
-            },
-        )
+        except BlobError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        async with stream:
+            first = b""
+            async for first in stream.chunks:
+                break
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": sniff_mime(first[:16]),
+                    "Cache-Control": "public, max-age=31536000, immutable",
+                    "ETag": etag,
+                }
+            )
+            response.content_length = stream.size
+            await response.prepare(request)
+            if request.method != "HEAD":
+                if first:
+                    await response.write(first)
+                async for chunk in stream.chunks:
+                    await response.write(chunk)
+            await response.write_eof()
+        return response
 
