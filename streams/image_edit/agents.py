@@ -277,8 +277,10 @@ async def _send_results(results: list[ImageResult], acks: list[BatchAck]) -> Non
 async def _finish_job(job: ImageJob, partition: int, ack: BatchAck, gate: asyncio.Semaphore) -> None:
     try:
         outcome = await executor().run(job, partition=partition)
-        if outcome.new_entry is not None:
-            edit_cache[job.cache_key] = outcome.new_entry  # only completed results are cached
+        if outcome.new_entry is not None and ack.event.message.tp in app.consumer.assignment():
+            # Only completed results are cached, and only while this worker still owns
+            # the partition (after a rebalance the new owner replays the job).
+            edit_cache[job.cache_key] = outcome.new_entry
         await _send_results([outcome.result], [ack])
     except asyncio.CancelledError:
         raise  # not acked: the partition's next owner runs it again (idempotent by key)

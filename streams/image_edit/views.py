@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 from aiohttp import BodyPartReader, web
+from faust.web.exceptions import ServiceUnavailable
 
 from streams.app import app, settings
 from streams.blobs import BlobError, BlobNotFound, is_sha256, sniff_mime
@@ -160,7 +161,10 @@ class TaskStatusView(faust.web.View):
     async def get(self, request: web.Request, task_id: str) -> web.Response:
         if not readiness.ready:
             return _not_ready()
-        return await self._get_routed(request, task_id=task_id)
+        try:
+            return await self._get_routed(request, task_id=task_id)
+        except ServiceUnavailable:  # no owner known yet (metadata still settling)
+            return _not_ready()
 
     @app.table_route(table=task_status, match_info="task_id")
     async def _get_routed(self, request: web.Request, task_id: str) -> web.Response:

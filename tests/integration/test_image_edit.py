@@ -389,3 +389,22 @@ async def test_stats_and_metrics_count_hits_and_calls(worker: Worker, fresh_emul
     assert "# TYPE imagestream_upstream_calls_total counter" in text
     assert 'imagestream_cache_hits_total{kind="hit"}' in text
     assert "imagestream_consumer_lag{" in text
+
+
+async def test_offsets_are_committed_once_results_are_durable(worker: Worker, fresh_emulator: Emulator) -> None:
+    """Agents ack by hand (on delivery); the committed offsets must still reach the end."""
+    salt = int(time.time() * 1000) % 100000 + 91
+    _, doc = await submit(worker, form([(f"c{i}.png", make_png(salt + i)) for i in range(3)],
+                                       params={"prompt": "commit me"}))
+    await wait_task(worker, doc["task_id"])
+
+    async def caught_up() -> dict[str, float] | None:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{worker.url}/api/v1/stats") as resp:
+                lag = (await resp.json())["consumer_lag"]
+        watched = {k: v for k, v in lag.items()
+                   if any(t in k for t in ("image-edit-requests", "image-edit-jobs", "imagestream-task-updates"))}
+        return watched if watched and all(v == 0 for v in watched.values()) else None
+
+    lag = await wait_for(caught_up, timeout=30, interval=0.2, what="committed offsets to reach the end")
+    assert len(lag) == 3
