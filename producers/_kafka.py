@@ -124,7 +124,10 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text, name = str(exc), type(exc).__name__
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 class KafkaIO:

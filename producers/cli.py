@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -133,7 +134,7 @@ def _summary(status: Any) -> str:
     cached = status.cached_images
     fresh = status.completed_images - cached
     line = (f"task {status.task_id} {status.status}: {status.completed_images}/{status.total_images} images "
-            f"completed ({cached} cached, {fresh} fresh, {status.failed_images} failed)")
+            f"edited ({cached} cached, {fresh} fresh, {status.failed_images} failed)")
     if status.error is not None:
         line += f" — {status.error.code}: {status.error.message}"
     return line
@@ -161,6 +162,7 @@ async def _follow(client: Any, task_id: str, total: int | None, output: _Output,
     from producers.progress import make_progress
 
     progress = make_progress(output.err, total or 0, quiet=output.json)
+    ticker = asyncio.create_task(_tick(progress))
     final = None
     try:
         async for event in client.events(task_id, timeout=timeout, total_images=total):
@@ -175,9 +177,20 @@ async def _follow(client: Any, task_id: str, total: int | None, output: _Output,
                 if event.is_terminal:
                     final = event
     finally:
+        ticker.cancel()
         progress.close()
     assert final is not None
     return final
+
+
+async def _tick(progress: Any, interval: float = 0.5) -> None:
+    """Redraw a terminal progress bar now and then, so its clock moves between events."""
+    redraw = getattr(progress, "redraw", None)
+    if redraw is None:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        redraw()
 
 
 async def _cmd_submit(args: argparse.Namespace, output: _Output) -> int:
@@ -296,6 +309,8 @@ def _run_client_command(args: argparse.Namespace, out: TextIO | None = None, err
     from producers.errors import ImagestreamClientError
 
     output = _Output(args, out or sys.stdout, err or sys.stderr)
+    # aiokafka logs connection failures itself; the client turns them into one error.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return asyncio.run(_COMMANDS[args.command](args, output))
     except ImagestreamClientError as exc:

@@ -174,6 +174,12 @@ class _BaseClient:
             return False
         return True
 
+    def _require_kafka(self) -> None:
+        if not self.uses_kafka:
+            raise InvalidInput("this needs Kafka, but no bootstrap servers are configured "
+                               "(IMAGESTREAM_KAFKA_BOOTSTRAP, kafka_bootstrap=..., --bootstrap)",
+                               code="kafka_not_configured")
+
     async def _follow(self, topics: Sequence[str], key: str) -> Follower | None:
         """A follower on ``topics`` for ``key``, or None when Kafka is not used/reachable."""
         if not self.uses_kafka:
@@ -257,6 +263,7 @@ class ImageEditClient(_BaseClient):
 
     async def _submit_kafka(self, task_id: str, edit_type: str, params: dict[str, Any],
                             sources: list[ImageSource]) -> TaskHandle:
+        self._require_kafka()
         request = build_task_request(task_id=task_id, edit_type=edit_type, sources=sources, params=params,
                                      inline_limit=self.config.inline_image_bytes)
         await self._kafka.send(self.config.topic("image-edit-requests"), task_id, request)
@@ -518,6 +525,7 @@ class DimensionClient(_BaseClient):
                 raise InvalidInput(f"{name} is required", code="missing_parameter")
         if request.get("url") is None and request.get("data") is None:
             raise InvalidInput("one of url or data is required", code="missing_parameter")
+        self._require_kafka()
         value = {**request, "requested_at": request.get("requested_at") or time.time()}
         key = dimension_key(str(value["session_id"]), str(value["resource"]), value["scene"])
         if not wait:

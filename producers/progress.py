@@ -91,6 +91,10 @@ class BarProgress:
         self._width = 0
         self._draw()
 
+    def redraw(self) -> None:
+        """Draw again (the elapsed time moves on)."""
+        self._draw()
+
     def _draw(self) -> None:
         c = self.counts
         line = render_bar(c.done, c.total, cached=c.cached, fresh=c.fresh, failed=c.failed,
