@@ -98,6 +98,20 @@ class Settings:
 
     # --- Storage -------------------------------------------------------------------
     data_dir: Path = Path("./data")
+    #: Blob store: unset = the folder DATA_DIR/blobs; ``s3://bucket/prefix`` = an
+    #: S3-compatible store (shared by workers on several hosts); ``file:///path``.
+    blob_url: str | None = None
+    #: S3 endpoint (MinIO, versitygw, …); unset = AWS S3 itself.
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    #: Unset = botocore's own chain (AWS_ACCESS_KEY_ID…, instance roles). Never logged.
+    s3_access_key: str | None = field(default=None, repr=False)
+    s3_secret_key: str | None = field(default=None, repr=False)
+    #: ``GET /api/v1/blobs/{sha}`` answers 302 to a presigned URL instead of streaming.
+    blob_presign: bool = False
+    blob_presign_ttl: float = 3600.0
+    #: Largest blob the store accepts (refused before any byte is stored).
+    blob_max_bytes: int = 64 * 1024 * 1024
 
     # --- Image edit ----------------------------------------------------------------
     model: str = DEFAULT_MODEL
@@ -111,6 +125,8 @@ class Settings:
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_prompt_chars: int = 800
+    #: Seconds a cached edit stays valid (None: forever; results are content-addressed).
+    cache_ttl: float | None = None
     #: Images at most this large may travel inline (base64) in Kafka events.
     inline_image_bytes: int = 64 * 1024
     dashscope_api_key: str | None = field(default=None, repr=False)
@@ -181,6 +197,7 @@ class Settings:
 
         # Fields whose env names or types are not the plain upper-cased field.
         convert("UPSTREAM_RPS", "upstream_rps", float)
+        convert("CACHE_TTL", "cache_ttl", float)
         if (raw := get("DATA_DIR")) is not None:
             values["data_dir"] = Path(raw)
         if (raw := get("PLACEHOLDER")) is not None:
@@ -189,6 +206,13 @@ class Settings:
             values["fetch_allowlist"] = _parse_allowlist(raw)
         if (raw := get("API_TOKEN")) is not None:
             values["api_token"] = raw
+        for name in ("blob_url", "s3_endpoint", "s3_access_key", "s3_secret_key"):
+            if (raw := get(name.upper())) is not None:
+                values[name] = raw
+        if (raw := get("BLOB_PRESIGN")) is not None:
+            if raw.lower() not in _BOOLS:
+                raise SettingsError(f"{ENV_PREFIX}BLOB_PRESIGN={raw!r}: expected true/false")
+            values["blob_presign"] = _BOOLS[raw.lower()]
         # DashScope's own variables: read by its SDK too, repeated here so the
         # worker can tell "emulator" from "real service" and log which one.
         if env.get("DASHSCOPE_API_KEY"):
@@ -212,6 +236,14 @@ class Settings:
             raise SettingsError("IMAGESTREAM_MAX_IMAGES_PER_TASK must be >= 1")
         if self.dimension_timeout <= 0:
             raise SettingsError("IMAGESTREAM_DIMENSION_TIMEOUT must be > 0")
+        if self.blob_url is not None:
+            scheme, _, rest = self.blob_url.partition("://")
+            if scheme not in ("s3", "file") or not rest.strip("/"):
+                raise SettingsError("IMAGESTREAM_BLOB_URL must be s3://bucket[/prefix] or file:///path")
+        if not 0 < self.blob_presign_ttl <= 7 * 24 * 3600:
+            raise SettingsError("IMAGESTREAM_BLOB_PRESIGN_TTL must be in (0, 604800] seconds (SigV4 limit)")
+        if self.blob_max_bytes < 1:
+            raise SettingsError("IMAGESTREAM_BLOB_MAX_BYTES must be >= 1")
 
 
 #: Fields read by hand in :meth:`Settings.from_env`.
@@ -222,7 +254,15 @@ _SPECIAL = frozenset(
         "fetch_allowlist",
         "api_token",
         "upstream_rps",
+        "cache_ttl",
         "dashscope_api_key",
         "dashscope_base_url",
+        "blob_url",
+        "s3_endpoint",
+        "s3_access_key",
+        "s3_secret_key",
+        "blob_presign",
     }
 )
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

@@ -35,6 +35,7 @@ from streams.image_edit.executor import EditExecutor
 from streams.image_edit.images import ImageInfo, inspect_image_in_thread, recent_images
 from streams.image_edit.keys import cache_key, image_sha256
 from streams.image_edit.models import (
+    CacheEntry,
     ErrorInfo,
     ImageJob,
     ImageJobBatch,
@@ -248,6 +249,13 @@ def executor() -> EditExecutor:
     return _executor
 
 
+def fresh_entry(entry: CacheEntry | None, now: float) -> CacheEntry | None:
+    """``entry`` unless it is older than ``IMAGESTREAM_CACHE_TTL`` (then: a miss)."""
+    if entry is None or settings.cache_ttl is None:
+        return entry
+    return entry if now - entry.created_at <= settings.cache_ttl else None
+
+
 class BatchAck:
     """Acks a job batch's event once every job in it has its result in Kafka."""
 
@@ -316,8 +324,12 @@ async def edit_images(stream: faust.StreamT[bytes]) -> None:
                 continue
             ack = BatchAck(event, len(jobs))
             with event_context(event):
+                for key in batch.invalidate:
+                    if edit_cache.get(key) is not None:
+                        del edit_cache[key]
+                        metrics.inc("cache_invalidations_total")
                 for job in jobs:
-                    cached = edit_cache.get(job.cache_key)
+                    cached = fresh_entry(edit_cache.get(job.cache_key), time.time())
                     if cached is None:
                         await gate.acquire()
                         task = asyncio.create_task(  # copies the event context: cache writes land right

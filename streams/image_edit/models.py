@@ -77,7 +77,9 @@ class ImageJobBatch(_Record):
     task and partition instead of one per image.
     """
 
-    jobs: list[ImageJob]
+    jobs: list[ImageJob] = []
+    #: Cache keys to forget (``DELETE /api/v1/cache/{key}``); processed before the jobs.
+    invalidate: list[str] = []
 
 
 class ImageResult(_Record):

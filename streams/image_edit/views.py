@@ -22,13 +22,14 @@ from streams.app import app, settings
 from streams.blobs import BlobError, BlobNotFound, is_sha256, sniff_mime
 from streams.errors import ImageTooLarge, InputError, InvalidRequest
 from streams.image_edit.images import inspect_image_in_thread, recent_images
-from streams.image_edit.models import ImageRef, TaskRequest
+from streams.image_edit.models import ImageJobBatch, ImageRef, TaskRequest
 from streams.image_edit.presets import load_presets
+from streams.publish import publish
 from streams.runtime import runtime
 from streams.image_edit.tables import task_status
 from streams.image_edit.validation import validate_edit_request
 from streams.stats import metrics
-from streams.topics import image_edit_requests_topic
+from streams.topics import image_edit_jobs_topic, image_edit_requests_topic
 from streams.web import error_response, readiness
 
 __all__ = ["Submission", "read_submission"]
@@ -172,6 +173,19 @@ class TaskStatusView(faust.web.View):
         if status is None:
             return error_response(404, "task_not_found", f"no task {task_id!r}")
         return self.json(status.asdict())
+
+
+@app.page("/api/v1/cache/{cache_key}")
+class CacheEntryView(faust.web.View):
+    """Invalidate one cached edit (the next job for that key calls the upstream again)."""
+
+    async def delete(self, request: web.Request, cache_key: str) -> web.Response:
+        if not is_sha256(cache_key):
+            return error_response(400, "invalid_cache_key", "cache keys are lowercase hex sha256 digests")
+        batch = ImageJobBatch(jobs=[], invalidate=[cache_key])
+        # Views never write tables: the partition owning the key applies it.
+        await publish(image_edit_jobs_topic, cache_key, batch)
+        return self.json({"cache_key": cache_key, "status": "invalidation_enqueued"}, status=202)
 
 
 def _not_ready() -> web.Response:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import time
 import uuid
 from typing import Any
@@ -408,3 +409,45 @@ async def test_offsets_are_committed_once_results_are_durable(worker: Worker, fr
 
     lag = await wait_for(caught_up, timeout=30, interval=0.2, what="committed offsets to reach the end")
     assert len(lag) == 3
+
+
+async def test_invalidated_entry_is_computed_again(worker: Worker, fresh_emulator: Emulator) -> None:
+    image = make_png(55555 + int(time.time()) % 999)
+    _, first = await submit(worker, form([("i.png", image)], params={"prompt": "invalidate me"}))
+    done = await wait_task(worker, first["task_id"])
+    key = done["results"][0]["cache_key"]
+    async with aiohttp.ClientSession() as session:
+        async with session.delete(f"{worker.url}/api/v1/cache/{key}") as resp:
+            assert resp.status == 202, await resp.text()
+        async with session.delete(f"{worker.url}/api/v1/cache/not-a-key") as resp:
+            assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_cache_key"
+    _, second = await submit(worker, form([("i.png", image)], params={"prompt": "invalidate me"}))
+    again = await wait_task(worker, second["task_id"])
+    assert again["results"][0]["from_cache"] is False
+    assert again["results"][0]["cache_key"] == key
+    assert (await emulator_stats(fresh_emulator))["total_requests"] == 2
+
+
+def noise_png(target_bytes: int) -> bytes:
+    """An incompressible PNG of about ``target_bytes`` (random pixels)."""
+    side = int((target_bytes / 3) ** 0.5)
+    img = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=0)
+    return buf.getvalue()
+
+
+async def test_large_upload_is_accepted_and_edited(worker: Worker, fresh_emulator: Emulator) -> None:
+    big = noise_png(9_500_000)
+    assert 9_000_000 < len(big) <= 10 * 1024 * 1024
+    status, doc = await submit(worker, form([("big.png", big)], params={"prompt": "enhance the big one"}))
+    assert status == 202, doc
+    final = await wait_task(worker, doc["task_id"], timeout=120)
+    assert final["status"] == "completed", final
+
+
+async def test_upload_over_the_limit_is_413(worker: Worker) -> None:
+    too_big = noise_png(10 * 1024 * 1024 + 200_000)
+    assert len(too_big) > 10 * 1024 * 1024
+    status, body = await submit(worker, form([("huge.png", too_big)], params={"prompt": "x"}))
+    assert status == 413 and body["error"]["code"] == "image_too_large", body
