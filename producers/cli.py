@@ -165,7 +165,7 @@ async def _follow(client: Any, task_id: str, total: int | None, output: _Output,
     ticker = asyncio.create_task(_tick(progress))
     final = None
     try:
-        async for event in client.events(task_id, timeout=timeout, total_images=total):
+        async for event in client.events(task_id, timeout=timeout):
             if isinstance(event, ImageResult):
                 progress.result(event)
                 if json_lines:

@@ -36,10 +36,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar, Union
 
+from yarl import URL
+
 from config.settings import Settings, SettingsError
 from producers._http import HttpApi
 from producers._kafka import Follower, KafkaIO
-from producers.errors import ImagestreamClientError, InvalidInput, TaskFailed, TaskNotFound, Timeout, Unreachable
+from producers.errors import (
+    ApiError,
+    ImagestreamClientError,
+    InvalidInput,
+    TaskFailed,
+    TaskNotFound,
+    Timeout,
+    Unreachable,
+)
 from producers.images import (
     ImageInput,
     ImageSource,
@@ -311,7 +321,6 @@ class ImageEditClient(_BaseClient):
         task_id: str,
         *,
         timeout: float | None = None,
-        total_images: int | None = None,
         include_results: bool = True,
     ) -> AsyncIterator[TaskEvent]:
         """Follow a task: yields each :class:`ImageResult` once (by index) and each
@@ -319,7 +328,8 @@ class ImageEditClient(_BaseClient):
         after the terminal status (once every image's result has been yielded).
 
         Raises :class:`Timeout` when ``timeout`` seconds (default ``wait_timeout``)
-        pass first, :class:`TaskNotFound` for an unknown task."""
+        pass first, :class:`TaskNotFound` for an unknown task.  While Kafka feeds the
+        events, a failed periodic HTTP read (a safety net) is logged, not raised."""
         deadline = time.monotonic() + (self.config.wait_timeout if timeout is None else timeout)
         topics = ["image-edit-results", "image-edit-task-status"] if include_results else ["image-edit-task-status"]
         # Subscribe first, then read the task over HTTP: what happened before the
@@ -331,6 +341,7 @@ class ImageEditClient(_BaseClient):
         terminal: TaskStatus | None = None
         settle_until = 0.0  # after a terminal status: how long to wait for missing results
         next_poll = time.monotonic()
+        polled = False  # an HTTP read has answered (the task exists)
         try:
             while True:
                 now = time.monotonic()
@@ -342,12 +353,19 @@ class ImageEditClient(_BaseClient):
                                   f"{self.config.wait_timeout if timeout is None else timeout:g}s")
                 incoming: list[TaskEvent] = []
                 if now >= next_poll:
-                    status = await self._status_once(task_id, deadline)
-                    if status is None and self._grace_left(task_id) <= 0:
-                        raise TaskNotFound(task_id)
+                    next_poll = now + interval
+                    try:
+                        status = await self._status_once(task_id, deadline)
+                    except (Unreachable, Timeout, ApiError) as exc:
+                        transient = not isinstance(exc, ApiError) or not exc.is_client_error
+                        if not (follower is not None and polled and transient):
+                            raise
+                        log.warning("reading task %s over HTTP failed, still following it on Kafka: %s",
+                                    task_id, exc)
+                        continue
                     if status is not None:
+                        polled = True
                         incoming.append(status)
-                    next_poll = time.monotonic() + interval
                 else:
                     wait = min(next_poll, deadline) - now
                     if terminal is not None:
@@ -399,7 +417,7 @@ class ImageEditClient(_BaseClient):
         call are yielded first (read from the task's status)."""
         total = total_images
         yielded = 0
-        async with contextlib.aclosing(self.events(task_id, timeout=timeout, total_images=total_images)) as events:
+        async with contextlib.aclosing(self.events(task_id, timeout=timeout)) as events:
             async for event in events:
                 if isinstance(event, TaskStatus):
                     if event.total_images or event.is_terminal:
@@ -442,7 +460,7 @@ class ImageEditClient(_BaseClient):
             reason = f" ({result.error.code}: {result.error.message})" if result.error else ""
             raise InvalidInput(f"image {result.index} ({result.filename}) has no result{reason}",
                                code="no_result")
-        _, body, _ = await self._http.request("GET", result.result_url)
+        _, body, _ = await self._http.request("GET", self._http.base_url.join(URL(result.result_url)))
         if filename is None:
             stem = Path(result.filename).stem or f"image-{result.index}"
             filename = f"{result.index:02d}-{stem}{extension_for(body[:16], '.png')}"

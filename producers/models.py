@@ -225,7 +225,7 @@ class TaskHandle:
 
     def events(self, *, timeout: float | None = None) -> AsyncIterator[TaskEvent]:
         """Results and status snapshots as they arrive (see :meth:`ImageEditClient.events`)."""
-        return self._bound().events(self.task_id, timeout=timeout, total_images=self.total_images)
+        return self._bound().events(self.task_id, timeout=timeout)
 
     def to_dict(self) -> dict[str, Any]:
         return {"task_id": self.task_id, "status": self.status, "total_images": self.total_images,

@@ -65,7 +65,10 @@ class _LoopThread:
                 except StopAsyncIteration:
                     return
         finally:
-            self.run(agen.aclose())
+            try:
+                self.run(agen.aclose())
+            except RuntimeError:
+                pass  # the client was closed first
 
     def close(self) -> None:
         if self._thread.is_alive():
