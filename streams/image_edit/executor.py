@@ -177,6 +177,7 @@ class EditExecutor:
             duration_ms=round((time.monotonic() - started) * 1000, 2),
             upstream_request_id=entry.upstream_request_id,
             result_blob=entry.result_blob,
+            source_blob=job.blob,
         )
 
     def _failed(self, job: ImageJob, exc: ImagestreamError, started: float) -> ImageResult:
@@ -191,5 +192,6 @@ class EditExecutor:
             cache_status="MISS",
             duration_ms=round((time.monotonic() - started) * 1000, 2),
             upstream_request_id=getattr(exc, "request_id", None),
+            source_blob=job.blob,
         )
 

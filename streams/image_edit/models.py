@@ -97,6 +97,8 @@ class ImageResult(_Record):
     cache_status: Optional[str] = None  # HIT | MISS | COALESCED
     upstream_request_id: Optional[str] = None
     result_blob: Optional[str] = None
+    #: sha256 of the input image in the blob store (``/api/v1/blobs/{source_blob}``).
+    source_blob: Optional[str] = None
 
 
 class TaskStatus(_Record):
