@@ -296,7 +296,7 @@ async def _finish_job(job: ImageJob, partition: int, ack: BatchAck, gate: asynci
         log.exception("job %s/%d crashed", job.task_id, job.index)
         failed = ImageResult(task_id=job.task_id, index=job.index, filename=job.filename, status="failed",
                              error=ErrorInfo(code="internal_error", message="internal error"),
-                             cache_key=job.cache_key)
+                             cache_key=job.cache_key, source_blob=job.blob)
         await _send_results([failed], [ack])
     finally:
         gate.release()
@@ -345,33 +345,6 @@ async def edit_images(stream: faust.StreamT[bytes]) -> None:
 
 
 # --- aggregate ----------------------------------------------------------------------
-def fold_update(current: TaskStatus | None, update: TaskUpdate, now: float) -> tuple[TaskStatus, list[ImageResult]]:
-    """Apply one plan or batch of results to a task's status.
-
-    Returns the status and the results that were new (a duplicate or replayed result
-    changes nothing and is not published again).  A replayed plan changes nothing;
-    results without a plan are a bad event (ValueError → dead letter), since plans
-    are always written first.
-    """
-    if update.kind == "plan":
-        if current is not None:
-            return current, []
-        status = state.new_status(update.task_id, update.total_images, update.created_at or now)
-        if update.error is not None:
-            return state.mark_task_failed(status, update.error, now), []
-        return state.mark_processing(status, now)[0], []
-    if update.kind != "results":
-        raise ValueError(f"unknown task update kind {update.kind!r}")
-    if current is None:
-        raise ValueError(f"results for task {update.task_id!r} before its plan")
-    fresh: list[ImageResult] = []
-    for result in update.results:
-        current, changed = state.apply_result(current, result, now)
-        if changed:
-            fresh.append(result)
-    return current, fresh
-
-
 @app.agent(task_updates_topic)
 async def aggregate_tasks(stream: faust.StreamT[bytes]) -> None:
     """Fold plans and results into ``task_status``; publish each new result once and
@@ -384,7 +357,7 @@ async def aggregate_tasks(stream: faust.StreamT[bytes]) -> None:
             try:
                 update = TaskUpdate.loads(event.value)
                 current = changed[update.task_id][1] if update.task_id in changed else task_status.get(update.task_id)
-                status, fresh = fold_update(current, update, now)
+                status, fresh = state.fold_update(current, update, now)
             except Exception as exc:  # noqa: BLE001 - a bad update must not stop the others
                 await dead_letter(source_topic=event.message.topic, key=event.key, raw=event.value,
                                   code="invalid_update", reason=f"{type(exc).__name__}: {exc}"[:500])

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from streams.errors import ImagestreamError
-from streams.image_edit.models import ErrorInfo, ImageResult, TaskStatus
+from streams.image_edit.models import ErrorInfo, ImageResult, TaskStatus, TaskUpdate
 
 __all__ = [
     "COMPLETED",
@@ -46,6 +46,7 @@ __all__ = [
     "PROCESSING",
     "TERMINAL_STATES",
     "apply_result",
+    "fold_update",
     "is_terminal",
     "mark_processing",
     "mark_task_failed",
@@ -191,3 +192,30 @@ def mark_task_failed(
         progress=100.0,
         updated_at=status.updated_at if now is None else now,
     )
+
+
+def fold_update(current: TaskStatus | None, update: TaskUpdate, now: float) -> tuple[TaskStatus, list[ImageResult]]:
+    """Apply one plan or batch of results to a task's status.
+
+    Returns the status and the results that were new (a duplicate or replayed result
+    changes nothing and is not published again).  A replayed plan changes nothing;
+    results without a plan are a bad event (ValueError → dead letter), since plans
+    are always written first.
+    """
+    if update.kind == "plan":
+        if current is not None:
+            return current, []
+        status = new_status(update.task_id, update.total_images, update.created_at or now)
+        if update.error is not None:
+            return mark_task_failed(status, update.error, now), []
+        return mark_processing(status, now)[0], []
+    if update.kind != "results":
+        raise ValueError(f"unknown task update kind {update.kind!r}")
+    if current is None:
+        raise ValueError(f"results for task {update.task_id!r} before its plan")
+    fresh: list[ImageResult] = []
+    for result in update.results:
+        current, changed = apply_result(current, result, now)
+        if changed:
+            fresh.append(result)
+    return current, fresh

@@ -8,9 +8,13 @@ import random
 import pytest
 
 from streams.errors import InvalidRequest
-from streams.image_edit.models import ErrorInfo, ImageResult, TaskStatus
+from streams.image_edit.models import ErrorInfo, ImageResult, TaskStatus, TaskUpdate
 from streams.image_edit.state import (
+    COMPLETED,
+    FAILED,
+    PROCESSING,
     apply_result,
+    fold_update,
     is_terminal,
     mark_processing,
     mark_task_failed,
@@ -175,3 +179,42 @@ def test_progress_of() -> None:
     assert progress_of(1, 3) == 33.3
     assert progress_of(2, 3) == 66.7
     assert progress_of(5, 3) == 100.0
+
+
+# --- fold_update: plans and batches of results, as the aggregator applies them -------
+def _plan(task_id: str = "t", total: int = 3, error: ErrorInfo | None = None) -> TaskUpdate:
+    return TaskUpdate(task_id=task_id, kind="plan", total_images=total, created_at=10.0, error=error)
+
+
+def _results(*results: ImageResult) -> TaskUpdate:
+    return TaskUpdate(task_id=results[0].task_id, kind="results", results=list(results))
+
+
+def test_fold_plan_then_batches_reports_only_new_results() -> None:
+    status, fresh = fold_update(None, _plan(), 11.0)
+    assert status.status == PROCESSING and status.total_images == 3 and fresh == []
+    r0, r1, r2 = (_result(i) for i in range(3))
+    status, fresh = fold_update(status, _results(r0, r1), 12.0)
+    assert [r.index for r in fresh] == [0, 1] and status.completed_images == 2
+    status, fresh = fold_update(status, _results(r1, r2), 13.0)  # r1 replayed
+    assert [r.index for r in fresh] == [2]
+    assert status.status == COMPLETED and status.progress == 100.0
+
+
+def test_fold_replayed_plan_changes_nothing() -> None:
+    status, _ = fold_update(None, _plan(), 11.0)
+    status, _ = fold_update(status, _results(_result(0)), 12.0)
+    again, fresh = fold_update(status, _plan(), 13.0)
+    assert again is status and fresh == []
+
+
+def test_fold_refused_task_is_failed_at_once() -> None:
+    status, _ = fold_update(None, _plan(total=0, error=ErrorInfo(code="no_images", message="none")), 11.0)
+    assert status.status == FAILED and status.error.code == "no_images"
+
+
+def test_fold_results_before_plan_or_unknown_kind_are_errors() -> None:
+    with pytest.raises(ValueError, match="before its plan"):
+        fold_update(None, _results(_result(0)), 1.0)
+    with pytest.raises(ValueError, match="unknown task update kind"):
+        fold_update(None, TaskUpdate(task_id="t", kind="bogus"), 1.0)
