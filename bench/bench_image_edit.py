@@ -79,6 +79,16 @@ async def wait_done(session: aiohttp.ClientSession, api: str, task_id: str, time
     raise TimeoutError(task_id)
 
 
+def sliding_window_makespan(latencies: list[float], width: int) -> float:
+    """Makespan of a perfect sliding window: each call starts the moment a slot frees."""
+    import heapq
+
+    slots = [0.0] * width
+    for latency in latencies:
+        heapq.heappush(slots, heapq.heappop(slots) + latency)
+    return max(slots)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
@@ -91,6 +101,7 @@ async def run(args: argparse.Namespace, bootstrap: str, api: str, emulator_base:
         await session.post(f"{emulator_base}/_emulator/reset")
         t0 = time.monotonic()
         task_id = await submit(session, api, files, "提升画质，增强细节")
+        accepted_after = time.monotonic() - t0
         doc = await wait_done(session, api, task_id)
         makespan = time.monotonic() - t0
         async with session.get(f"{emulator_base}/_emulator/latencies") as resp:
@@ -100,12 +111,16 @@ async def run(args: argparse.Namespace, bootstrap: str, api: str, emulator_base:
         assert doc["completed_images"] == args.images, doc
         baseline = sum(max(latencies[i:i + 3]) for i in range(0, len(latencies), 3))
         ideal = sum(latencies) / 3
+        window_only = sliding_window_makespan(latencies, 3)
         print(f"== makespan of {args.images} images, lognormal latency median {args.median}s sigma {args.sigma}")
         print(f"   calls {stats['total_requests']}, max in flight {stats['max_in_flight']}, "
               f"Σlatency {sum(latencies):.2f}s, slowest {max(latencies):.2f}s")
-        print(f"   sliding window (measured) {makespan:7.2f}s")
+        print(f"   sliding window (measured) {makespan:7.2f}s  (of which the HTTP submit of the images: "
+              f"{accepted_after:.2f}s)")
         print(f"   batches of 3 (same latencies) {baseline:7.2f}s   ratio {makespan / baseline:.3f}  (target ≤ 0.75)")
         print(f"   ideal Σlatency/3          {ideal:7.2f}s   ratio {makespan / ideal:.3f}  (target ≤ 1.05)")
+        print(f"   zero-overhead window (same latencies, same order) {window_only:7.2f}s   "
+              f"ratio {makespan / window_only:.3f}  (our overhead; the rest is the tail of the last calls)")
 
         # 2. cached 1-image tasks: submit → completed ------------------------------------
         cached_files = files[: args.images]

@@ -577,8 +577,12 @@ async def _generate(
     if decision.fault in (Fault.THROTTLE_RATE, Fault.THROTTLE_BURST, Fault.QUOTA_EXCEEDED):
         spec = ERRORS[decision.fault]
         raise _ApiError(spec.status, spec.code, spec.message)
+    # The drawn latency is the call's whole service time, as a client sees it from
+    # the real service: the emulator's own image work counts towards it.
+    service_started = time.monotonic()
     if decision.latency > 0:
         state.stats.latencies.append(decision.latency)
+    if decision.fault in (Fault.DROP, Fault.INTERNAL_ERROR):
         await asyncio.sleep(decision.latency)
     if decision.fault is Fault.DROP:
         _drop(request)
@@ -611,6 +615,9 @@ async def _generate(
             "The image format is not supported or the image data is corrupted; supported "
             "formats: JPEG, PNG, BMP, TIFF, WEBP, GIF."
         ) from None
+    remaining = decision.latency - (time.monotonic() - service_started)
+    if remaining > 0:
+        await asyncio.sleep(remaining)
     if decision.fault is Fault.INSPECTION_FAILED:
         spec = ERRORS[Fault.INSPECTION_FAILED]
         raise _ApiError(spec.status, spec.code, spec.message)

@@ -137,10 +137,10 @@ class SubmitTask(faust.web.View):
         )
         infos = await _inspect_all(submission.files)
         blobs = runtime().blobs
-        refs: list[ImageRef] = []
-        for (filename, data), info in zip(submission.files, infos, strict=True):
-            sha = await blobs.put(data, info.sha256)
-            refs.append(ImageRef(filename=filename, blob=sha))
+        # Every image is validated before any is stored; then all are written at once.
+        shas = await asyncio.gather(*(blobs.put(data, info.sha256)
+                                      for (_, data), info in zip(submission.files, infos, strict=True)))
+        refs = [ImageRef(filename=filename, blob=sha) for (filename, _), sha in zip(submission.files, shas, strict=True)]
         task_id = uuid.uuid4().hex
         task = TaskRequest(
             task_id=task_id,
