@@ -184,6 +184,14 @@ def fleet(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Fleet]:
     f.close()
 
 
+@pytest.fixture(scope="module")
+def module_fleet(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """A fleet shared by one module's tests (for services no test of it kills)."""
+    f = Fleet(kafka_bootstrap=kafka_bootstrap, tmp=tmp_path_factory.mktemp("fleet"))
+    yield f
+    f.close()
+
+
 # --- a private broker (broker-restart test) ------------------------------------------------
 @dataclass
 class PrivateBroker:
