@@ -21,6 +21,7 @@ COMPONENT_MODULES = [
     "streams.image_edit.views",
     "streams.dimensions.agents",
     "streams.dimensions.views",
+    "streams.pages",
 ]
 
 
