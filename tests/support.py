@@ -14,7 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -227,6 +228,39 @@ def start_worker(
         raise RuntimeError(f"{name} did not become ready: {exc}\n{proc.log_tail(80)}") from None
     return Worker(url=url, data_dir=data_dir, app_id=app_id, proc=proc)
 
+
+
+# --- local HTTP servers ------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serve_images() -> AsyncIterator[tuple[str, dict[str, bytes]]]:
+    """A real HTTP server on 127.0.0.1 (port 0) serving the bytes put in the dict.
+
+    Yields ``(base_url, files)``: ``files["a.png"] = data`` makes ``{base_url}/a.png`` a
+    200 with that body; anything else is a 404.
+    """
+    from aiohttp import web
+
+    files: dict[str, bytes] = {}
+
+    async def serve(request: web.Request) -> web.Response:
+        data = files.get(request.match_info["name"])
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(body=data, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+    try:
+        yield f"http://127.0.0.1:{port}", files
+    finally:
+        await runner.cleanup()
 
 
 # --- Kafka --------------------------------------------------------------------------

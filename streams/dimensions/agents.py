@@ -21,20 +21,13 @@ offset is acked only when its outcome has been delivered to Kafka.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import faust
-from faust.serializers import codecs
-from faust.streams import _current_event
 
-from aiokafka.partitioner import murmur2
 from streams.app import app, settings
-from streams.codecs import JSON_KEY
 from streams.deadletter import dead_letter
 from streams.dimensions import service
 from streams.dimensions.fetch import fetch_dimensions, redact_url
@@ -51,6 +44,8 @@ from streams.dimensions.models import (
 from streams.dimensions.probe import ProbeResult, probe_bytes
 from streams.dimensions.tables import dimensions, scene_sizes, url_dimensions
 from streams.errors import FetchError, ImagestreamError, InputError, InvalidRequest
+from streams.publish import partition_for
+from streams.routing import event_context
 from streams.runtime import runtime
 from streams.stats import metrics
 from streams.topics import (
@@ -110,25 +105,8 @@ for _name, _help in {
 
 
 # --- helpers ------------------------------------------------------------------------
-@contextlib.contextmanager
-def event_context(event: faust.EventT | None) -> Iterator[None]:
-    """Make ``event`` Faust's current event (table writes use its partition);
-    ``None``: no event, so table reads search every local partition."""
-    token = _current_event.set(weakref.ref(event) if event is not None else None)
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
 def key_of(req: DimensionRequest | DimensionUpdate | Waiter) -> str:
     return service.dimension_key(req.session_id, req.resource, req.scene)
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """The partition our producer (murmur2, like Kafka's Java client) gives ``key``."""
-    raw = codecs.dumps(JSON_KEY, key)
-    return (murmur2(raw) & 0x7FFFFFFF) % partitions
 
 
 def placeholder_for(scene: str) -> tuple[int, int]:
@@ -252,7 +230,7 @@ async def answer_dimension_requests(stream: faust.StreamT[bytes]) -> None:
             continue
         key = key_of(req)
         try:
-            owner = partition_of(key, settings.topic_partitions)
+            owner = partition_for(key, settings.topic_partitions)
             if event.message.partition != owner:
                 # Keyed differently (or by another partitioner, e.g. librdkafka's
                 # CRC32): hand it to the partition that owns the key's table entry.

@@ -31,11 +31,12 @@ from yarl import URL
 
 from streams.app import app, settings
 from streams.dimensions import service
-from streams.dimensions.agents import answer, compute, key_of, partition_of, recent_enqueues
+from streams.dimensions.agents import answer, compute, key_of, recent_enqueues
 from streams.dimensions.models import DimensionRequest, FetchJob
 from streams.dimensions.tables import dimensions
 from streams.errors import InvalidRequest
 from streams.stats import metrics
+from streams.routing import ROUTED_HEADER, not_ready, owner_of
 from streams.topics import dimension_fetch_topic
 from streams.web import error_response, readiness
 
@@ -45,35 +46,7 @@ __all__ = ["PREWARM_MAX_URLS"]
 PREWARM_MAX_URLS = 1000
 #: Largest JSON body of POST /api/v1/dimensions (base64 of a max-size image + slack).
 _MAX_BODY = settings.max_image_bytes * 4 // 3 + 64 * 1024
-#: Marks a request forwarded by another worker: answer it here, never forward again.
-ROUTED_HEADER = "X-Imagestream-Routed"
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-type"}
-
-
-def _not_ready() -> web.Response:
-    response = error_response(503, "not_ready", "worker is joining the group or recovering tables; retry shortly")
-    response.headers["Retry-After"] = "1"
-    return response
-
-
-def _ident(url: URL) -> tuple[str, int]:
-    return (url.host if url.scheme else url.path) or "", int(url.port or 80)
-
-
-def _owner(key: str) -> URL | None:
-    """The web URL of the worker owning ``key`` in ``dimensions``; None: this one.
-
-    The partition is the one the updates topic gives the key (see tables.py), looked
-    up in the assignor's changelog distribution.  Not through the producer's
-    metadata (``router.key_store``): right after start it may not know the changelog
-    topic yet and fails.  Raises KeyError while the assignment is not known."""
-    partition = partition_of(key, settings.topic_partitions)
-    topic = dimensions.changelog_topic.get_topic_name()
-    for host, topics in app.router.table_metadata(dimensions.name).items():
-        if partition in topics.get(topic, ()):
-            dest = URL(host)
-            return None if _ident(dest) == _ident(URL(app.conf.canonical_url)) else dest
-    raise KeyError(f"no owner known for partition {partition} of {topic}")
 
 
 def _query_of(req: DimensionRequest) -> dict[str, str]:
@@ -115,12 +88,12 @@ async def _answer_routed(
 ) -> web.Response:
     """Answer on the key's owner: here, or forwarded as a GET."""
     if not readiness.ready:
-        return _not_ready()
+        return not_ready()
     if ROUTED_HEADER not in request.headers:
         try:
-            dest = _owner(key_of(req))
+            dest = owner_of(dimensions, key_of(req))
         except KeyError:
-            return _not_ready()
+            return not_ready()
         if dest is not None:
             metrics.inc("dimension_requests_forwarded_total")
             return await _forward(view, request, dest, req)

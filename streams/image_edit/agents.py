@@ -18,14 +18,10 @@ import asyncio
 import base64
 import logging
 import time
-import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
 import faust
-from faust.streams import _current_event
 
 from streams.app import app, settings
 from streams.deadletter import dead_letter
@@ -49,6 +45,7 @@ from streams.image_edit.presets import load_presets
 from streams.image_edit.tables import edit_cache, task_status
 from streams.image_edit.validation import validate_edit_request, validate_task_request
 from streams.publish import on_delivery, partition_for, publish
+from streams.routing import event_context
 from streams.runtime import runtime
 from streams.stats import metrics
 from streams.topics import (
@@ -70,20 +67,6 @@ PLAN_PARALLELISM = 4
 EDIT_BATCH = 1000
 AGGREGATE_BATCH = 1000
 BATCH_WITHIN = 0.005
-
-
-@contextmanager
-def event_context(event: faust.EventT) -> Iterator[None]:
-    """Make ``event`` the current event, so a table write lands in its partition.
-
-    ``take_events`` hands out a batch; Faust's RocksDB store and changelog pick the
-    partition from the *current* event, which is the batch's last one otherwise.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 # --- plan ---------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from typing import Any
 
 import faust
 from aiohttp import BodyPartReader, web
-from faust.web.exceptions import ServiceUnavailable
 
 from streams.app import app, settings
 from streams.blobs import BlobError, BlobNotFound, is_sha256, sniff_mime
@@ -25,6 +24,7 @@ from streams.image_edit.images import inspect_image_in_thread, recent_images
 from streams.image_edit.models import ImageJobBatch, ImageRef, TaskRequest
 from streams.image_edit.presets import load_presets
 from streams.publish import publish
+from streams.routing import ROUTED_HEADER, forward, not_ready, owner_of
 from streams.runtime import runtime
 from streams.image_edit.tables import task_status
 from streams.image_edit.validation import validate_edit_request
@@ -161,14 +161,14 @@ class TaskStatusView(faust.web.View):
 
     async def get(self, request: web.Request, task_id: str) -> web.Response:
         if not readiness.ready:
-            return _not_ready()
-        try:
-            return await self._get_routed(request, task_id=task_id)
-        except ServiceUnavailable:  # no owner known yet (metadata still settling)
-            return _not_ready()
-
-    @app.table_route(table=task_status, match_info="task_id")
-    async def _get_routed(self, request: web.Request, task_id: str) -> web.Response:
+            return not_ready()
+        if ROUTED_HEADER not in request.headers:
+            try:
+                dest = owner_of(task_status, task_id)
+            except KeyError:
+                return not_ready()
+            if dest is not None:
+                return await forward(request, dest)
         status = task_status.get(task_id)
         if status is None:
             return error_response(404, "task_not_found", f"no task {task_id!r}")
@@ -186,12 +186,6 @@ class CacheEntryView(faust.web.View):
         # Views never write tables: the partition owning the key applies it.
         await publish(image_edit_jobs_topic, cache_key, batch)
         return self.json({"cache_key": cache_key, "status": "invalidation_enqueued"}, status=202)
-
-
-def _not_ready() -> web.Response:
-    response = error_response(503, "not_ready", "worker is joining the group or recovering tables; retry shortly")
-    response.headers["Retry-After"] = "1"
-    return response
 
 
 @app.page("/api/v1/blobs/{sha256}")

@@ -12,7 +12,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from PIL import Image, ImageDraw
 
 from producers import (
@@ -24,7 +23,7 @@ from producers import (
     submit_and_wait,
 )
 from tests.conftest import Emulator, Worker
-from tests.support import TopicReader, free_port, wait_for
+from tests.support import TopicReader, free_port, serve_images, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -70,23 +69,8 @@ async def client(client_kwargs: dict[str, Any]) -> AsyncIterator[ImageEditClient
 @pytest.fixture(scope="module")
 async def image_host() -> AsyncIterator[tuple[str, dict[str, bytes]]]:
     """A real HTTP server on 127.0.0.1 (allow-listed for the worker) serving ``images``."""
-    images: dict[str, bytes] = {}
-
-    async def serve(request: web.Request) -> web.Response:
-        data = images.get(request.match_info["name"])
-        if data is None:
-            return web.Response(status=404)
-        return web.Response(body=data, content_type="image/png")
-
-    app = web.Application()
-    app.router.add_get("/{name}", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", images
-    await runner.cleanup()
+    async with serve_images() as served:
+        yield served
 
 
 def decode(data: bytes) -> Image.Image:

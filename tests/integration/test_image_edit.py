@@ -9,6 +9,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import Emulator, Worker
-from tests.support import TopicReader, produce, wait_for
+from tests.support import TopicReader, produce, serve_images, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -177,7 +178,7 @@ async def test_five_concurrent_identical_tasks_make_one_call_per_distinct_image(
 
 
 async def test_same_image_by_multipart_url_and_base64_hits_one_entry(
-    worker: Worker, kafka_bootstrap: str, fresh_emulator: Emulator, image_server: str
+    worker: Worker, kafka_bootstrap: str, fresh_emulator: Emulator, image_server: tuple[str, dict[str, bytes]]
 ) -> None:
     image = make_png(424242 + int(time.time()) % 999)
     # 1) multipart
@@ -186,8 +187,9 @@ async def test_same_image_by_multipart_url_and_base64_hits_one_entry(
     first = await wait_task(worker, accepted["task_id"])
     assert first["results"][0]["from_cache"] is False
     # 2) URL and 3) base64, both as Kafka events
-    image_server_put(image_server, "same.png", image)
-    for ref in ({"url": f"{image_server}/same.png"}, {"data": base64.b64encode(image).decode()}):
+    base, files = image_server
+    files["same.png"] = image
+    for ref in ({"url": f"{base}/same.png"}, {"data": base64.b64encode(image).decode()}):
         task_id = uuid.uuid4().hex
         await produce(kafka_bootstrap, worker.topic("image-edit-requests"),
                       {"task_id": task_id, "edit_type": "enhance", "edit_params": {"prompt": " sharpen   it "},
@@ -337,33 +339,10 @@ def decompression_bomb() -> bytes:
     return buf.getvalue()
 
 
-def image_server_put(base: str, name: str, data: bytes) -> None:
-    _IMAGES[name] = data
-
-
-_IMAGES: dict[str, bytes] = {}
-
-
-@pytest.fixture(scope="session")
-async def image_server() -> Any:
-    """A real HTTP server on 127.0.0.1 serving images put with image_server_put."""
-    from aiohttp import web
-
-    async def serve(request: web.Request) -> web.Response:
-        data = _IMAGES.get(request.match_info["name"])
-        if data is None:
-            return web.Response(status=404)
-        return web.Response(body=data, content_type="image/png")
-
-    app = web.Application()
-    app.router.add_get("/{name}", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+@pytest.fixture(scope="module")
+async def image_server() -> AsyncIterator[tuple[str, dict[str, bytes]]]:
+    async with serve_images() as served:
+        yield served
 
 
 async def test_stats_and_metrics_count_hits_and_calls(worker: Worker, fresh_emulator: Emulator) -> None:
