@@ -236,7 +236,8 @@ class ImageEditClient(_BaseClient):
         raises :class:`ApiError` with the server's code (``unknown_edit_type``, ...).
         ``via="kafka"`` publishes a TaskRequest (``task_id`` may be chosen): URLs are
         passed on for the worker to fetch, local images up to ``inline_image_bytes``
-        travel inline; larger ones raise :class:`InvalidInput` (``upload_required``).
+        travel inline; larger ones are uploaded first (``POST /api/v1/blobs``) and sent
+        as blob references.
         A bad Kafka task is not refused here: it ends ``failed`` with the reason.
         """
         if via not in ("http", "kafka"):
@@ -274,12 +275,21 @@ class ImageEditClient(_BaseClient):
     async def _submit_kafka(self, task_id: str, edit_type: str, params: dict[str, Any],
                             sources: list[ImageSource]) -> TaskHandle:
         self._require_kafka()
+        sources = [await self._uploaded(source) for source in sources]
         request = build_task_request(task_id=task_id, edit_type=edit_type, sources=sources, params=params,
                                      inline_limit=self.config.inline_image_bytes)
         await self._kafka.send(self.config.topic("image-edit-requests"), task_id, request)
         self._submitted[task_id] = time.monotonic()
         return TaskHandle(task_id=task_id, total_images=len(sources), status="pending", via="kafka",
                           submitted_at=request["submitted_at"], _client=self)
+
+    async def _uploaded(self, source: ImageSource) -> ImageSource:
+        """``source``, uploaded to the blob store first if it is too large to go inline."""
+        if source.data is None or len(source.data) <= self.config.inline_image_bytes:
+            return source
+        doc = await self._http.json("POST", "/api/v1/blobs", data=source.data,
+                                    headers={"Content-Type": "application/octet-stream"})
+        return replace(source, data=None, blob=str(doc["sha256"]))
 
     # --- read ------------------------------------------------------------------------
     def _grace_left(self, task_id: str) -> float:

@@ -84,6 +84,8 @@ class ImageSource:
     filename: str
     data: bytes | None = None
     url: str | None = None
+    #: sha256 of the bytes once uploaded to the blob store (``POST /api/v1/blobs``).
+    blob: str | None = None
 
     @property
     def size(self) -> int | None:
@@ -160,21 +162,21 @@ def edit_params(prompt: str | None = None, params: Mapping[str, Any] | str | Non
 def kafka_image_ref(source: ImageSource, *, inline_limit: int) -> dict[str, str]:
     """The ``images[]`` entry of a TaskRequest for ``source``.
 
-    A URL is passed as ``url`` (the worker fetches it); local bytes up to
-    ``inline_limit`` travel inline as base64 ``data``.  Larger local images would
-    need to be uploaded to the blob store first and referenced as ``blob``; the API
-    has no upload-only endpoint yet, so they raise :class:`InvalidInput`
-    (``upload_required``): submit them with ``via="http"``, or pass a URL.
+    A URL is passed as ``url`` (the worker fetches it); an uploaded image as ``blob``;
+    local bytes up to ``inline_limit`` travel inline as base64 ``data``.  Larger local
+    images must be uploaded first (the client does so: :meth:`ImageEditClient.submit`),
+    else :class:`InvalidInput` (``upload_required``).
     """
     if source.url is not None:
         return {"filename": source.filename, "url": source.url}
+    if source.blob is not None:
+        return {"filename": source.filename, "blob": source.blob}
     assert source.data is not None
     if len(source.data) <= inline_limit:
         return {"filename": source.filename, "data": base64.b64encode(source.data).decode("ascii")}
     raise InvalidInput(
         f"{source.filename} is {len(source.data)} bytes, over the {inline_limit}-byte limit for images sent "
-        f"inline over Kafka (IMAGESTREAM_INLINE_IMAGE_BYTES); there is no upload-only endpoint to put it in "
-        f"the blob store first: submit with via='http' (--via http), or pass the image as a URL",
+        f"inline over Kafka (IMAGESTREAM_INLINE_IMAGE_BYTES): upload it first (POST /api/v1/blobs)",
         code="upload_required",
     )
 

@@ -188,6 +188,34 @@ class CacheEntryView(faust.web.View):
         return self.json({"cache_key": cache_key, "status": "invalidation_enqueued"}, status=202)
 
 
+@app.page("/api/v1/blobs")
+class UploadBlob(faust.web.View):
+    """Upload one input image (raw body); 201 ``{sha256, size, format, width, height}``.
+
+    For clients that publish tasks to Kafka themselves: images too large to travel
+    inline are uploaded here first and referenced as ``{"blob": sha256}``.  Checked
+    like a submitted image (format, size, pixels) before it is stored.
+    """
+
+    async def post(self, request: web.Request) -> web.Response:
+        limit = settings.max_image_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ImageTooLarge(f"image of {request.content_length} bytes is over the {limit} limit")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise ImageTooLarge(f"image is over the {limit} limit")
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        info = await inspect_image_in_thread(data, max_bytes=limit, max_pixels=settings.max_image_pixels)
+        recent_images.put(info)
+        sha = await runtime().blobs.put(data, info.sha256)
+        return self.json({"sha256": sha, "size": info.size_bytes, "format": info.format,
+                          "width": info.width, "height": info.height}, status=201)
+
+
 @app.page("/api/v1/blobs/{sha256}")
 class BlobView(faust.web.View):
     """Bytes of an input or result image, by content hash (immutable, cacheable).

@@ -122,13 +122,16 @@ def test_unreachable_api_exits_5(capsys: pytest.CaptureFixture[str]) -> None:
     assert json.loads(capsys.readouterr().out)["error"]["code"] == "unreachable"
 
 
-def test_large_image_over_kafka_exits_4_with_advice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_large_image_over_kafka_is_uploaded_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image = tmp_path / "big.png"
     image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 200_000)
-    dead = f"127.0.0.1:{free_port()}"
-    assert cli.main(["submit", str(image), "-e", "enhance", "--via", "kafka", "--bootstrap", dead]) == 4
-    err = capsys.readouterr().err
-    assert "upload_required" in err and "--via http" in err
+    dead_api = f"http://127.0.0.1:{free_port()}"
+    dead_kafka = f"127.0.0.1:{free_port()}"
+    # Too large to go inline: the client uploads it through the API first, which is down.
+    code = cli.main(["submit", str(image), "-e", "enhance", "--via", "kafka", "--bootstrap", dead_kafka,
+                     "--api-url", dead_api])
+    assert code == cli.EXIT_UNAVAILABLE
+    assert "unreachable" in capsys.readouterr().err
 
 
 def test_module_entry_point_runs_and_does_not_load_the_app() -> None:

@@ -92,7 +92,9 @@ def test_kafka_refs_url_inline_and_too_large() -> None:
     with pytest.raises(InvalidInput) as info:
         kafka_image_ref(small, inline_limit=len(PNG) - 1)
     assert info.value.code == "upload_required"
-    assert "via='http'" in info.value.message
+    assert "POST /api/v1/blobs" in info.value.message
+    uploaded = ImageSource(filename="b.png", blob="ab" * 32)
+    assert kafka_image_ref(uploaded, inline_limit=0) == {"filename": "b.png", "blob": "ab" * 32}
 
 
 def test_task_request_is_the_documented_json() -> None:
