@@ -20,7 +20,6 @@ from producers import (
     DimensionClient,
     ImageEditClient,
     ImageResult,
-    InvalidInput,
     TaskStatus,
     submit_and_wait,
 )
