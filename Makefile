@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install kafka kafka-stop emulator worker demo test test-unit bench clean
+.PHONY: help install kafka kafka-stop s3 s3-stop emulator worker demo test test-unit bench clean
 
 help:
 	@echo "make demo      install, start Kafka (+ the DashScope emulator unless DASHSCOPE_API_KEY is set), run a worker, submit a task"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-unit unit tests only (no broker)"
 	@echo "make bench     run the benchmarks in bench/"
 	@echo "make kafka / kafka-stop   start / stop the local KRaft broker (scripts/kafka)"
+	@echo "make s3 / s3-stop         start / stop the local S3-compatible server (scripts/s3)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -31,7 +32,13 @@ kafka:
 kafka-stop:
 	scripts/kafka stop
 
-test: install kafka
+s3:
+	scripts/s3 start
+
+s3-stop:
+	scripts/s3 stop
+
+test: install kafka s3
 	IMAGESTREAM_KAFKA_BOOTSTRAP=$$(scripts/kafka start) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install

@@ -14,7 +14,7 @@ import aiohttp
 
 from config import Settings
 from streams.app import app, settings
-from streams.blobs import BlobStore
+from streams.blobs import BlobStore, make_blob_store
 
 __all__ = ["Runtime", "runtime"]
 
@@ -41,6 +41,7 @@ class Runtime:
         return self._guarded_http
 
     async def close(self) -> None:
+        await self.blobs.close()
         await self.http.close()
         if self._guarded_http is not None:
             await self._guarded_http.close()
@@ -55,7 +56,7 @@ def runtime() -> Runtime:
     if _runtime is None:
         _runtime = Runtime(
             settings=settings,
-            blobs=BlobStore(settings.blob_dir),
+            blobs=make_blob_store(settings),
             http=aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=settings.upstream_timeout, sock_connect=10),
                 cookie_jar=aiohttp.DummyCookieJar(),
@@ -64,7 +65,7 @@ def runtime() -> Runtime:
         )
         log.info(
             "runtime ready: blobs=%s upstream=%s",
-            settings.blob_dir,
+            _runtime.blobs.location,
             "emulator/proxy at " + settings.dashscope_base_url if settings.dashscope_base_url else "DashScope",
         )
     return _runtime
