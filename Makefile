@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install kafka kafka-stop s3 s3-stop emulator worker demo test test-unit bench clean
+.PHONY: help install kafka kafka-stop s3 s3-stop chromium emulator worker demo test test-unit bench clean
 
 help:
 	@echo "make demo      install, start Kafka (+ the DashScope emulator unless DASHSCOPE_API_KEY is set), run a worker, submit a task"
@@ -38,7 +38,10 @@ s3:
 s3-stop:
 	scripts/s3 stop
 
-test: install kafka s3
+chromium:
+	scripts/chromium
+
+test: install kafka s3 chromium
 	IMAGESTREAM_KAFKA_BOOTSTRAP=$$(scripts/kafka start) $(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install

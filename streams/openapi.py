@@ -121,6 +121,11 @@ SCHEMAS: dict[str, Schema] = {
                       "properties": {"code": _STR, "message": _STR}},
         },
     },
+    "BlobStored": {
+        "type": "object",
+        "required": ["sha256", "size", "format", "width", "height"],
+        "properties": {"sha256": _SHA256, "size": _INT, "format": _STR, "width": _INT, "height": _INT},
+    },
     "CacheInvalidation": {
         "type": "object",
         "required": ["cache_key", "status"],
@@ -323,6 +328,25 @@ PATHS: dict[str, dict[str, Any]] = {
                 "401": _UNAUTHORIZED,
                 "404": _error("no such task (yet)", "task_not_found"),
                 "503": _NOT_READY,
+            },
+        }
+    },
+    "/api/v1/blobs": {
+        "post": {
+            "operationId": "uploadBlob",
+            "tags": ["image-edit"],
+            "summary": "Upload one input image (raw body) to reference it as `{\"blob\": sha256}` in a Kafka task",
+            "description": "Checked like a submitted image (format, size, pixels) before it is stored.",
+            "requestBody": {
+                "required": True,
+                "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                    "contentMediaType": "image/*"}}},
+            },
+            "responses": {
+                "201": _json(_ref("BlobStored"), "stored (content-addressed: uploading it again is harmless)"),
+                "400": _error("not an image we accept", "invalid_image", "unsupported_format"),
+                "401": _UNAUTHORIZED,
+                "413": _error("over the image size or pixel limit", "image_too_large", "request_too_large"),
             },
         }
     },

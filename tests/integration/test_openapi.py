@@ -166,6 +166,12 @@ async def test_every_documented_operation_answers_as_documented(worker: Worker) 
         await api.call("GET", "/api/v1/blobs/{sha256}", url=f"/api/v1/blobs/{result['result_blob']}", expect=200)
         await api.call("GET", "/api/v1/blobs/{sha256}", url=f"/api/v1/blobs/{'0' * 64}", expect=404)
         await api.call("GET", "/api/v1/blobs/{sha256}", url="/api/v1/blobs/not-a-sha", expect=400)
+        upload = _png(int(time.time() * 1000) % 100_000 + 1)
+        stored = (await api.call("POST", "/api/v1/blobs", data=upload, expect=201,
+                                 headers={"Content-Type": "application/octet-stream"})).json()
+        assert stored["size"] == len(upload) and (stored["width"], stored["height"]) == (96, 64), stored
+        await api.call("POST", "/api/v1/blobs", data=b"not an image", expect=400,
+                       headers={"Content-Type": "application/octet-stream"})
         await api.call("POST", "/api/v1/image-edit/submit", expect=400,
                        data=aiohttp.FormData({"edit_type": "enhance"}))
         await api.call("GET", "/tasks/{task_id}", url=f"/tasks/{task_id}", expect=200)
