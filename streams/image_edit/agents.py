@@ -63,8 +63,7 @@ log = logging.getLogger(__name__)
 MAX_PENDING_JOBS = 2000
 #: Images of one task resolved and inspected at once.
 PLAN_PARALLELISM = 4
-#: Batches: at most this many events, or what arrived within BATCH_WITHIN seconds.
-EDIT_BATCH = 1000
+#: Aggregator batches: at most this many events, or what arrived within BATCH_WITHIN seconds.
 AGGREGATE_BATCH = 1000
 BATCH_WITHIN = 0.005
 
@@ -287,44 +286,43 @@ async def _finish_job(job: ImageJob, partition: int, ack: BatchAck, gate: asynci
 
 @app.agent(image_edit_jobs_topic)
 async def edit_images(stream: faust.StreamT[bytes]) -> None:
-    """Cache hits are answered at once, one update per task; misses run in the
-    background, so a slow upstream call never blocks the partition.  A batch's
-    offset is acked only when all its results are durable in Kafka (Faust commits
-    up to the first unacked offset), so a crash replays it (idempotent by key)."""
+    """Each event holds one task's jobs for this partition.  Cache hits are answered
+    at once, in one update; misses run in the background, so a slow upstream call
+    never blocks the partition.  An event's offset is acked only when the results of
+    all its jobs are durable in Kafka (Faust commits up to the first unacked offset),
+    so a crash replays exactly the unfinished batches (idempotent by cache key and by
+    task/index).  Not ``take_events``: it acks every event of a batch itself."""
     gate = asyncio.Semaphore(MAX_PENDING_JOBS)
     pending: set[asyncio.Task[None]] = set()
-    async for events in stream.noack().take_events(EDIT_BATCH, within=BATCH_WITHIN):
+    async for event in stream.noack().events():
         started = time.monotonic()
-        hits: dict[str, tuple[list[ImageResult], list[BatchAck]]] = {}
-        for event in events:
-            try:
-                batch = ImageJobBatch.loads(event.value)
-                jobs = [job if isinstance(job, ImageJob) else ImageJob(**job) for job in batch.jobs]
-            except Exception as exc:  # noqa: BLE001 - any decode failure is a bad event
-                await dead_letter(source_topic=event.message.topic, key=event.key, raw=event.value,
-                                  code="invalid_job", reason=f"{type(exc).__name__}: {exc}"[:500])
-                event.ack()
-                continue
-            ack = BatchAck(event, len(jobs))
-            with event_context(event):
-                for key in batch.invalidate:
-                    if edit_cache.get(key) is not None:
-                        del edit_cache[key]
-                        metrics.inc("cache_invalidations_total")
-                for job in jobs:
-                    cached = fresh_entry(edit_cache.get(job.cache_key), time.time())
-                    if cached is None:
-                        await gate.acquire()
-                        task = asyncio.create_task(  # copies the event context: cache writes land right
-                            _finish_job(job, event.message.partition, ack, gate))
-                        pending.add(task)
-                        task.add_done_callback(pending.discard)
-                        continue
-                    results, acks = hits.setdefault(job.task_id, ([], []))
-                    results.append(executor().hit(job, cached, started))
-                    acks.append(ack)
-        for results, acks in hits.values():
-            await _send_results(results, acks)
+        try:
+            batch = ImageJobBatch.loads(event.value)
+            jobs = [job if isinstance(job, ImageJob) else ImageJob(**job) for job in batch.jobs]
+        except Exception as exc:  # noqa: BLE001 - any decode failure is a bad event
+            await dead_letter(source_topic=event.message.topic, key=event.key, raw=event.value,
+                              code="invalid_job", reason=f"{type(exc).__name__}: {exc}"[:500])
+            event.ack()
+            continue
+        ack = BatchAck(event, len(jobs))
+        hits: dict[str, list[ImageResult]] = {}
+        with event_context(event):
+            for key in batch.invalidate:
+                if edit_cache.get(key) is not None:
+                    del edit_cache[key]
+                    metrics.inc("cache_invalidations_total")
+            for job in jobs:
+                cached = fresh_entry(edit_cache.get(job.cache_key), time.time())
+                if cached is None:
+                    await gate.acquire()
+                    task = asyncio.create_task(  # copies the event context: cache writes land right
+                        _finish_job(job, event.message.partition, ack, gate))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    continue
+                hits.setdefault(job.task_id, []).append(executor().hit(job, cached, started))
+        for results in hits.values():
+            await _send_results(results, [ack] * len(results))
 
 
 # --- aggregate ----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 
 import faust
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from streams.app import app, settings
 from streams.blobs import BlobError, BlobNotFound, is_sha256, sniff_mime
@@ -94,8 +95,8 @@ async def read_submission(request: web.Request) -> Submission:
                 setattr(submission, name, text)
             else:
                 await _read_part(part, 64 * 1024, f"field {name!r}")  # read and ignore
-    except (ValueError, AssertionError, UnicodeDecodeError) as exc:
-        # aiohttp raises these for malformed boundaries and headers.
+    except (ValueError, AssertionError, UnicodeDecodeError, HttpProcessingError) as exc:
+        # aiohttp raises these for malformed boundaries and part headers.
         raise InvalidRequest(f"malformed multipart body: {exc}", code="invalid_multipart") from None
     return submission
 
