@@ -116,6 +116,7 @@ figure figcaption { font-size:11px; color:var(--muted); text-transform:uppercase
 .thumb.failed { background:var(--badbg); color:var(--bad); }
 .meta { margin-top:8px; font-size:12px; color:var(--muted); display:flex; gap:12px; flex-wrap:wrap; }
 .error { margin-top:8px; font-size:12.5px; color:var(--bad); background:var(--badbg); border-radius:6px; padding:6px 8px; }
+.error code { display:block; font-weight:700; }
 .spinner { width:18px; height:18px; border:2px solid #c7d7fe; border-top-color:var(--info); border-radius:50%;
   animation:spin .8s linear infinite; margin:0 auto 4px; }
 @keyframes spin { to { transform:rotate(360deg); } }
@@ -280,7 +281,7 @@ _TASK_JS = r"""
     if (r && r.error) {
       c.error.hidden = false;
       c.error.textContent = '';
-      c.error.append(el('code', {class: 'error-code', text: r.error.code}), ' ' + (r.error.message || ''));
+      c.error.append(el('code', {class: 'error-code', text: r.error.code}), r.error.message || '');
     } else {
       c.error.hidden = true;
     }
@@ -309,7 +310,7 @@ _TASK_JS = r"""
     if (s.error) {
       $('task-error').hidden = false;
       $('task-error').textContent = '';
-      $('task-error').append(el('code', {text: s.error.code}), ' ' + s.error.message);
+      $('task-error').append(el('code', {text: s.error.code}), s.error.message || '');
     } else {
       $('task-error').hidden = true;
     }
@@ -332,6 +333,7 @@ _TASK_JS = r"""
         failures = 0; lastOk = Date.now();
         root.dataset.found = '1';
         $('not-found').hidden = true;
+        $('summary').hidden = false;
         setNote(null);
         render(s);
         if (TERMINAL.has(s.status)) { setLive('done', 'finished · live updates stopped'); return; }
@@ -339,6 +341,9 @@ _TASK_JS = r"""
       } else if (resp.status === 404 && root.dataset.found !== '1') {
         if (Date.now() - opened > graceMs) {
           setLive('err', 'not found · stopped looking (reload to try again)');
+          $('not-found').textContent = '';
+          $('not-found').append('No task ', el('code', {text: taskId}),
+                                ' is known. Stopped looking; reload the page to check again.');
           return;
         }
         setLive('on', 'looking for the task…');
@@ -403,17 +408,17 @@ _STATS_JS = r"""
   function render(d) {
     const c = d.cache || {}, t = d.tasks || {}, i = d.images || {}, u = d.upstream || {}, dim = d.dimensions || {};
     set('hit-rate', fmtPct(c.hit_rate));
-    set('cache-detail', fmtNum(c.hits, 0) + ' hits · ' + fmtNum(c.coalesced, 0) + ' coalesced · '
-        + fmtNum(c.misses, 0) + ' misses');
+    set('cache-detail', 'hits ' + fmtNum(c.hits, 0) + ' · coalesced ' + fmtNum(c.coalesced, 0) + ' · misses '
+        + fmtNum(c.misses, 0));
     set('calls-saved', fmtNum(c.upstream_calls_saved, 0));
-    set('upstream-detail', fmtNum(u.calls, 0) + ' upstream calls · ' + fmtNum(u.retries, 0) + ' retries · '
-        + fmtNum(u.rate_limited_429, 0) + ' × 429');
+    set('upstream-detail', 'upstream calls ' + fmtNum(u.calls, 0) + ' · retries ' + fmtNum(u.retries, 0)
+        + ' · 429s ' + fmtNum(u.rate_limited_429, 0));
     set('task-completion', fmtPct(t.completion_rate));
-    set('task-detail', fmtNum(t.submitted, 0) + ' submitted · ' + fmtNum(t.planned, 0) + ' planned · failure rate '
-        + fmtPct(t.failure_rate));
+    set('task-detail', 'submitted ' + fmtNum(t.submitted, 0) + ' · planned ' + fmtNum(t.planned, 0)
+        + ' · failure rate ' + fmtPct(t.failure_rate));
     set('image-completion', fmtPct(i.completion_rate));
-    set('image-detail', fmtNum(i.completed, 0) + ' completed · ' + fmtNum(i.failed, 0) + ' failed · '
-        + fmtNum(i.from_cache, 0) + ' from cache · failure rate ' + fmtPct(i.failure_rate));
+    set('image-detail', 'completed ' + fmtNum(i.completed, 0) + ' · failed ' + fmtNum(i.failed, 0)
+        + ' · from cache ' + fmtNum(i.from_cache, 0) + ' · failure rate ' + fmtPct(i.failure_rate));
     table('tasks-finished', sorted(t.finished), null, 'no task finished yet');
     table('failed-by-code', sorted(i.failed_by_code), null, 'no failed image');
     table('upstream-errors', sorted(u.errors_by_code), null, 'no upstream error');
@@ -461,7 +466,11 @@ _STATS_JS = r"""
   });
 
   const initial = JSON.parse(document.getElementById('initial').textContent);
-  if (initial) render(initial);
+  if (initial) {
+    render(initial);
+    $('live').className = 'live on';
+    $('live').textContent = 'live · every ' + (refreshMs / 1000) + ' s · updated ' + new Date().toLocaleTimeString();
+  }
   timer = setTimeout(refresh, initial ? refreshMs : 0);
 })();
 """
@@ -531,7 +540,7 @@ def render_task_page(task_id: str, status: dict[str, Any] | None, *, found: bool
   data-grace-ms="{NOT_FOUND_GRACE_MS}" data-status="{html.escape((status or {}).get('status', 'unknown'))}">
   {not_found}
   <div class="banner note" id="note" hidden></div>
-  <div class="card summary">
+  <div class="card summary" id="summary"{'' if found else ' hidden'}>
     <div class="row" data-spread="1">
       <div><div class="muted">task</div><h1 class="mono">{tid}</h1></div>
       <div class="row"><span class="pill" id="status">{'unknown' if not found else 'loading'}</span></div>

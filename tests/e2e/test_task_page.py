@@ -9,8 +9,8 @@ badges the API reports.  Screenshots are kept in ``test-artifacts/``.
 
 from __future__ import annotations
 
+import base64
 import io
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from tests.conftest import Emulator, Worker
 from tests.e2e.browser import Browser, ChromiumUnavailable, Page, ensure_chromium
-from tests.support import ARTIFACTS, wait_for
+from tests.support import ARTIFACTS, produce, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -211,4 +211,26 @@ async def test_stats_page_renders_and_refreshes(worker: Worker, browser: Browser
     assert "cache hits" in shown["dims"], shown
     assert not page.exceptions, page.exceptions
     await page.screenshot(ARTIFACTS / "stats-page.png")
+    await page.close()
+
+
+async def test_page_opened_before_a_kafka_task_exists_finds_it(
+    worker: Worker, kafka_bootstrap: str, browser: Browser
+) -> None:
+    """A task sent through Kafka is unknown until planned: the 404 page keeps looking
+    and shows the task once it exists, without a reload."""
+    task_id = f"kafka-page-{uuid.uuid4().hex[:8]}"
+    page = await browser.page()
+    await page.navigate(f"{worker.url}/tasks/{task_id}")
+    await page.evaluate("window.__notReloaded = true")
+    assert await page.evaluate("document.getElementById('not-found').hidden") is False
+    image = picture(int(time.time() * 1000) % 100_000 + 7, "via kafka")
+    event = {"task_id": task_id, "edit_type": "grayscale", "edit_params": {},
+             "images": [{"filename": "kafka.png", "data": base64.b64encode(image).decode()}]}
+    await produce(kafka_bootstrap, worker.topic("image-edit-requests"), event, key=task_id)
+    await page.wait_for("document.getElementById('task').dataset.status === 'completed'"
+                        " && document.querySelector('.image-card .result img')?.naturalWidth > 0",
+                        timeout=60, what="the Kafka task on the page")
+    assert await page.evaluate("window.__notReloaded === true && document.getElementById('not-found').hidden")
+    assert not page.exceptions, page.exceptions
     await page.close()
