@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,7 +43,14 @@ from http import HTTPStatus
 from typing import Any
 
 import aiohttp
-import dashscope
+
+# The SDK reads DASHSCOPE_HTTP_BASE_URL once, at import.  An empty value (what
+# docker-compose passes for an unset ``${DASHSCOPE_HTTP_BASE_URL:-}``) means "the
+# SDK's own default", not the empty URL.
+if os.environ.get("DASHSCOPE_HTTP_BASE_URL") == "":
+    del os.environ["DASHSCOPE_HTTP_BASE_URL"]
+
+import dashscope  # noqa: E402 - after the environment fix above
 from dashscope.common.error import (
     AuthenticationError,
     DashScopeException,
