@@ -71,7 +71,7 @@ class Settings:
     #: Lets several deployments (staging, tests) share one Kafka cluster.
     topic_prefix: str = ""
     #: Faust consumer-group timings, tuned for quick joins on a small cluster.
-    broker_session_timeout: float = 10.0
+    broker_session_timeout: float = 6.0  # the broker's minimum: a killed worker's partitions move fast
     broker_heartbeat_interval: float = 1.0
     broker_rebalance_timeout: float = 20.0
     #: Where a new consumer group starts: "earliest" (production) or "latest".
