@@ -37,6 +37,15 @@ async def test_worker_reconnects_after_broker_restart_and_every_task_ends(
     emulator = fleet.emulator("--latency", "fixed:1.0", name="rel-broker-emulator")
     worker = await fleet.worker("rel-broker-worker", emulator=emulator, app_id=unique_app_id("broker"),
                                 kafka_bootstrap=private_broker.bootstrap, partitions=2)
+    # A broker outage while streams/topics.py declare_topics still runs (the first
+    # seconds after "Ready") crashes the worker (reported bug); this test is about an
+    # outage mid-run, so it starts once the last topic has been declared.
+    declared = f"Topic '{worker.topic('imagestream-dead-letters')}' created."
+
+    async def topics_declared() -> bool:
+        return declared in worker.proc.log_path.read_text(errors="replace")
+
+    await wait_for(topics_declared, timeout=60, what="the worker's topics to be declared")
     salt = uuid.uuid4().int % 1_000_000
     accepted = await asyncio.gather(*(
         submit(worker.url, form([(f"b{t}-{i}.png", make_png(salt + 3 * t + i)) for i in range(3)]))
