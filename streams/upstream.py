@@ -143,6 +143,13 @@ def translate(
     )
 
 
+class UpstreamConnectionLost(Exception):
+    """The connection to the upstream broke before its answer arrived.
+
+    Deliberately not an :class:`OSError`: aiohttp wraps those into
+    ``ClientOSError``, a ``ClientConnectionError`` the SDK would resend again."""
+
+
 def translate_exception(exc: BaseException) -> UpstreamError:
     """The :mod:`streams.errors` class for an exception raised by the SDK or transport."""
     if isinstance(exc, UpstreamError):
@@ -157,7 +164,7 @@ def translate_exception(exc: BaseException) -> UpstreamError:
             code="bad_response",
             http_status=getattr(exc, "status", None),
         )
-    if isinstance(exc, aiohttp.ClientError | ConnectionError):
+    if isinstance(exc, aiohttp.ClientError | ConnectionError | UpstreamConnectionLost):
         return UpstreamUnavailable(
             f"connection to upstream failed: {type(exc).__name__}: {exc}",
             code="connection_error",
@@ -189,6 +196,33 @@ class _NoUploadConversation(dashscope.AioMultiModalConversation):
         cls, model: str, messages: list[dict[str, Any]], api_key: str | None
     ) -> bool:
         return False
+
+
+async def no_sdk_resend(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """aiohttp client middleware: a broken connection surfaces as
+    :class:`UpstreamConnectionLost`, not :class:`aiohttp.ClientConnectionError`.
+
+    The SDK (``send_with_retry_async``) sends the whole request again once on any
+    ``ClientConnectionError``; that second request passes our rate limiter, retry
+    budget and call counts unseen, and a request that reached the service before the
+    drop may be billed twice.  Raised as :class:`UpstreamConnectionLost` the failure
+    reaches our retry policy instead, which decides (with backoff, within the limits).
+    """
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectionError as exc:
+        raise UpstreamConnectionLost(f"{type(exc).__name__}: {exc}") from exc
+
+
+def upstream_session(*, max_connections: int = 100) -> aiohttp.ClientSession:
+    """The aiohttp session DashScope calls go through (see :func:`no_sdk_resend`)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        middlewares=(no_sdk_resend,),
+    )
 
 
 def _data_uri(image: bytes, mime: str) -> str:
@@ -249,10 +283,7 @@ class DashScopeEditor:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
+            self._session = upstream_session(max_connections=self._max_connections)
             self._owns_session = True
         return self._session
 

@@ -175,6 +175,12 @@ async def refuse_task(task_id: str, error: ImagestreamError) -> None:
     await (await publish(task_updates_topic, task_id, update))
 
 
+@app.on_before_shutdown.connect  # type: ignore[misc]
+async def _close_editor(app: object, **kwargs: object) -> None:
+    if _executor is not None:
+        await _executor.editor.aclose()
+
+
 def _ack_when_delivered(event: faust.EventT, futures: list[asyncio.Future[Any]]) -> None:
     """Ack the request once all it produced is durable (a crash before replays it)."""
     if not futures:
@@ -222,8 +228,7 @@ def executor() -> EditExecutor:
     if _executor is None:
         rt = runtime()
         editor = DashScopeEditor(model=settings.model, api_key=settings.dashscope_api_key,
-                                 base_url=settings.dashscope_base_url, timeout=settings.upstream_timeout,
-                                 session=rt.http)
+                                 base_url=settings.dashscope_base_url, timeout=settings.upstream_timeout)
         _executor = EditExecutor(settings=settings, blobs=rt.blobs, editor=editor, http=rt.http)
         metrics.gauge("upstream_in_flight", lambda: [
             ((("partition", str(p)),), float(w.in_flight)) for p, w in sorted(_executor.windows.items())
