@@ -250,14 +250,7 @@ async def test_slow_loris_does_not_block_other_clients(hostile_worker: Worker) -
 
 @pytest.mark.parametrize("case", [
     "wrong_boundary", "truncated", "no_boundary",
-    pytest.param("garbage_headers", marks=pytest.mark.xfail(
-        strict=True,
-        reason="streams/image_edit/views.py read_submission catches only ValueError/AssertionError/"
-               "UnicodeDecodeError around the multipart reader; a part header line without a colon makes "
-               "aiohttp raise aiohttp.http_exceptions.InvalidHeader (an HttpProcessingError, not a ValueError), "
-               "which reaches streams/web.py api_middleware's catch-all: 500 internal_error and the log line "
-               "'unhandled error in POST /api/v1/image-edit/submit ... InvalidHeader: 400, message: Invalid HTTP "
-               "header' instead of 400 invalid_multipart")),
+    "garbage_headers",
 ])
 async def test_malformed_multipart_is_a_400_with_a_json_code(hostile_worker: Worker, case: str) -> None:
     good = "goodboundary123"

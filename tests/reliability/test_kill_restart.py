@@ -52,15 +52,6 @@ def _port(url: str) -> int:
     return port
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="streams/image_edit/agents.py edit_images: Faust's Stream.take_events() acks every event of a "
-           "batch when the loop moves on to the next batch (faust/streams.py take_events, `await self.ack(event)` "
-           "in the finally), ignoring .noack(); so the ImageJobBatch offset is committed within "
-           "commit_interval while its misses still run in background tasks, BatchAck is a no-op, and a kill -9 "
-           "loses every job not yet finished: after the restart no upstream call is made and the task stays "
-           "'processing' forever (committed offset of image-edit-jobs == end offset right after the kill)",
-)
 async def test_task_survives_two_hard_kills(fleet: Fleet) -> None:
     emulator = fleet.emulator("--latency", "fixed:1.0", name="rel-kill-emulator")
     app_id = unique_app_id("kill")
