@@ -276,6 +276,9 @@ async def _finish_job(job: ImageJob, partition: int, ack: BatchAck, gate: asynci
             # Only completed results are cached, and only while this worker still owns
             # the partition (after a rebalance the new owner replays the job).
             edit_cache[job.cache_key] = outcome.new_entry
+            # The cache entry must be in Kafka before the result is: a worker killed in
+            # between would otherwise replay the job as a miss and pay for it twice.
+            await app.producer.flush()
         await _send_results([outcome.result], [ack])
     except asyncio.CancelledError:
         raise  # not acked: the partition's next owner runs it again (idempotent by key)
