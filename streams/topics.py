@@ -8,10 +8,16 @@ auto-create is off): consumed ones by Faust itself, produced-only ones by
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import faust
+from aiokafka.errors import KafkaError
 
 from streams.app import app, settings
 from streams.codecs import JSON_KEY
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ALL_TOPICS",
@@ -80,6 +86,19 @@ ALL_TOPICS: tuple[faust.TopicT, ...] = (
 
 @app.task
 async def declare_topics() -> None:
-    """Create every topic (idempotent) before agents produce to them."""
-    for topic in ALL_TOPICS:
-        await topic.maybe_declare()
+    """Create every topic (idempotent) before agents produce to them.
+
+    Retried with backoff while the broker is unreachable: a broker restart in the
+    first seconds of a worker must not crash it (agents wait on the topics meanwhile).
+    """
+    pending = list(ALL_TOPICS)
+    delay = 0.5
+    while pending:
+        try:
+            await pending[0].maybe_declare()
+            pending.pop(0)
+            delay = 0.5
+        except KafkaError as exc:
+            log.warning("creating topic %s failed (%r); retrying in %.1fs", pending[0].get_topic_name(), exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)

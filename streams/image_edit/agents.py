@@ -320,7 +320,8 @@ async def edit_images(stream: faust.StreamT[bytes]) -> None:
                     del edit_cache[key]
                     metrics.inc("cache_invalidations_total")
             for job in jobs:
-                cached = fresh_entry(edit_cache.get(job.cache_key), time.time())
+                cached = fresh_entry(edit_cache.get(job.cache_key) or executor().recent_entry(job.cache_key),
+                                     time.time())
                 if cached is None:
                     await gate.acquire()
                     task = asyncio.create_task(  # copies the event context: cache writes land right

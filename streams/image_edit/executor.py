@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 
 import aiohttp
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 #: Result images larger than this are refused (the upstream's are a few MB).
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 RESULT_DOWNLOAD_ATTEMPTS = 3
+#: Fresh results remembered per worker (bridges a flight's end and the table write).
+RECENT_ENTRIES = 4096
 
 
 def result_url_for(settings: Settings, blob: str) -> str:
@@ -70,6 +72,10 @@ class EditExecutor:
         self.rng = rng or random.Random()
         self.windows: dict[int, SlidingWindow] = defaultdict(lambda: SlidingWindow(settings.upstream_concurrency))
         self.flights: SingleFlight[str, CacheEntry] = SingleFlight()
+        #: Entries this worker computed lately.  A flight is forgotten the moment its
+        #: work ends, a few loop turns before the agent has written the cache table: a
+        #: duplicate job read in between must find the result here, not call again.
+        self.recent: OrderedDict[str, CacheEntry] = OrderedDict()
         self.limiter = (
             RateLimiter(settings.upstream_rps, burst=max(1, int(settings.upstream_rps)))
             if settings.upstream_rps
@@ -78,6 +84,10 @@ class EditExecutor:
         self.policy = RetryPolicy.from_settings(settings)
 
     # ------------------------------------------------------------------------------
+    def recent_entry(self, cache_key: str) -> CacheEntry | None:
+        """A result this worker computed lately for ``cache_key`` (see :attr:`recent`)."""
+        return self.recent.get(cache_key)
+
     def hit(self, job: ImageJob, entry: CacheEntry, started: float) -> ImageResult:
         """The result for a cache hit."""
         return self._result(job, entry, started, status="HIT")
@@ -120,7 +130,7 @@ class EditExecutor:
                 await asyncio.sleep(decision.delay)  # backoff outside the window: the slot is free meanwhile
         data = await self._download(outcome.result_url)
         blob = await self.blobs.put(data)
-        return CacheEntry(
+        entry = CacheEntry(
             result_blob=blob,
             size=len(data),
             width=outcome.width or 0,
@@ -129,6 +139,10 @@ class EditExecutor:
             upstream_url=outcome.result_url,
             created_at=time.time(),
         )
+        self.recent[job.cache_key] = entry
+        while len(self.recent) > RECENT_ENTRIES:
+            self.recent.popitem(last=False)
+        return entry
 
     async def _call(self, job: ImageJob, image: bytes, mime: str, partition: int):  # type: ignore[no-untyped-def]
         async with self.windows[partition]:
