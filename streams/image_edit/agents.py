@@ -316,6 +316,7 @@ async def edit_images(stream: faust.StreamT[bytes]) -> None:
         hits: dict[str, list[ImageResult]] = {}
         with event_context(event):
             for key in batch.invalidate:
+                executor().recent.pop(key, None)
                 if edit_cache.get(key) is not None:
                     del edit_cache[key]
                     metrics.inc("cache_invalidations_total")
