@@ -16,9 +16,11 @@ minus live updates, without JavaScript.  An unknown task gets a 404 page that ke
 looking for a few seconds, since a task sent through Kafka appears only once the
 plan agent has seen it.
 
-With ``IMAGESTREAM_API_TOKEN`` set, the scripts send ``Authorization: Bearer`` with
-the token given in the page's fragment (``/tasks/ID#token=...``, kept in the tab's
-sessionStorage) and load images through ``fetch`` so they carry it too.
+With ``IMAGESTREAM_API_TOKEN`` set, a page loaded without the token is an empty shell
+(no task or stats data in it); its scripts send ``Authorization: Bearer`` with the
+token given in the page's fragment (``/tasks/ID#token=...``, kept in the tab's
+sessionStorage; a fragment never reaches a server or its logs) and load images
+through ``fetch`` so they carry it too.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from yarl import URL
 from streams.app import app, settings
 from streams.openapi import DOCUMENT_JSON, OPENAPI_PATH
 from streams.stats_views import stats_document
-from streams.web import readiness
+from streams.web import authorized, readiness
 
 __all__ = ["render_stats_page", "render_task_page"]
 
@@ -651,7 +653,8 @@ class StatsPage(faust.web.View):
 
     async def get(self, request: web.Request) -> web.Response:
         nonce = secrets.token_urlsafe(16)
-        return _html_response(render_stats_page(stats_document(), nonce=nonce), nonce)
+        stats = stats_document() if authorized(request) else None  # no data without the token
+        return _html_response(render_stats_page(stats, nonce=nonce), nonce)
 
 
 @app.page(OPENAPI_PATH)

@@ -20,12 +20,9 @@ from aiohttp import web
 from streams.app import app, settings
 from streams.errors import ImagestreamError
 
-__all__ = ["Readiness", "error_response", "readiness"]
+__all__ = ["Readiness", "authorized", "error_response", "readiness"]
 
 log = logging.getLogger(__name__)
-
-#: Routes anyone may call even when ``IMAGESTREAM_API_TOKEN`` is set.
-PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})
 
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -82,15 +79,25 @@ async def _mark_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def authorized(request: web.Request) -> bool:
+    """True when no ``IMAGESTREAM_API_TOKEN`` is set, or the request carries it.
+
+    Every ``/api/`` route needs it.  The HTML pages (``/tasks/…``, ``/stats``) are
+    shells anyone may load; without the token they carry no data, and their scripts
+    read the API with the token from the URL fragment (never sent to a server, so
+    never in a log)."""
+    token = settings.api_token
+    if not token:
+        return True
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.encode(), token.encode())
+
+
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bearer-token check, then JSON errors for whatever the handler raised."""
-    token = settings.api_token
-    if token and request.path not in PUBLIC_PATHS and request.path.startswith(("/api/", "/tasks", "/stats")):
-        given = request.headers.get("Authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
-            return error_response(401, "unauthorized", "missing or wrong bearer token")
+    if request.path.startswith("/api/") and not authorized(request):
+        return error_response(401, "unauthorized", "missing or wrong bearer token")
     try:
         return await handler(request)
     except ImagestreamError as exc:

@@ -80,7 +80,6 @@ async def test_every_api_route_needs_the_token_and_secrets_stay_out_of_logs(flee
         ("POST", "/api/v1/dimensions/prewarm", {"urls": ["http://127.0.0.1:9/b.png"]}),
         ("GET", "/api/v1/stats", None),
         ("GET", "/api/v1/openapi.json", None),
-        ("GET", f"/tasks/{task_id}", None),
         # spellings that must not slip past the check
         ("GET", "/api/v1/stats/", None),
         ("GET", "/api/v1/%73tats", None),
@@ -119,6 +118,17 @@ async def test_every_api_route_needs_the_token_and_secrets_stay_out_of_logs(flee
     for path in ("/healthz", "/metrics"):
         status, _ = await _call("GET", f"{worker.url}{path}", {})
         assert status == 200, path
+
+    # The HTML pages are shells anyone may load: without the token they carry no data
+    # (their scripts read the API with the token from the URL fragment).
+    for path, secret_bits in ((f"/tasks/{task_id}", (sha, result["filename"])), ("/stats", ('"upstream"',))):
+        for headers in bad_headers:
+            status, page = await _call("GET", f"{worker.url}{path}", headers)
+            assert status == 200 and isinstance(page, str) and "<html" in page, (path, status)
+            for bit in secret_bits:
+                assert bit not in page, (path, bit, headers)
+        status, page = await _call("GET", f"{worker.url}{path}", good)
+        assert status == 200 and all(bit in page for bit in secret_bits), path
 
     # Secrets never in the logs (the worker's and the emulator's).
     async def flushed() -> bool:
