@@ -168,6 +168,8 @@ class Stats:
     started_at: float = field(default_factory=time.time)
     #: Injected latencies in the order calls drew them (benchmarks compare against them).
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    #: Calls in flight now (their start times tell how long they have been running).
+    calls: set[_Call] = field(default_factory=set)
 
     def reset(self) -> None:
         self.latencies.clear()
@@ -189,6 +191,9 @@ class Stats:
             "results_served": self.results_served,
             "results_denied": self.results_denied,
             "latency_count": len(self.latencies),
+            # Age of the youngest call in flight: how long ago the last call started.
+            "in_flight_min_age_s": round(time.monotonic() - max(c.started for c in self.calls), 3)
+            if self.calls else None,
             "latency_sum_s": round(sum(self.latencies), 6),
             "uptime_s": round(time.time() - self.started_at, 3),
         }
@@ -202,7 +207,9 @@ class _Call:
         self._model: _Counters | None = None
         self.status = "500"
         self.code: str | None = None
+        self.started = time.monotonic()
         stats.total.enter()
+        stats.calls.add(self)
 
     def model(self, name: str) -> None:
         counters = self._stats.per_model.setdefault(name, _Counters())
@@ -210,6 +217,7 @@ class _Call:
         self._model = counters
 
     def finish(self) -> None:
+        self._stats.calls.discard(self)
         self._stats.total.leave(self.status)
         if self._model is not None:
             self._model.leave(self.status)

@@ -72,8 +72,13 @@ async def test_task_survives_two_hard_kills(fleet: Fleet) -> None:
 
             async def calls_in_flight() -> dict[str, Any] | None:
                 s = await emu_stats(emulator)
-                # some progress since the (re)start, and calls in flight right now
-                return s if s["total_requests"] >= before_requests + 4 and s["in_flight"] > 0 else None
+                # Some progress since the (re)start, calls in flight right now, and none
+                # started in the last 0.3 s: the calls that ended to free their slots did
+                # so at least that long ago, so their results are durable — what is lost
+                # by the kill is exactly what is in flight.
+                started_a_while_ago = (s["in_flight_min_age_s"] or 0) >= 0.3
+                return s if (s["total_requests"] >= before_requests + 4 and s["in_flight"] > 0
+                             and started_a_while_ago) else None
 
             seen = await wait_for(calls_in_flight, timeout=90, interval=0.05,
                                   what=f"upstream calls in flight before kill {round_no + 1}")
