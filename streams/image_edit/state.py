@@ -22,17 +22,16 @@ Rules of :func:`apply_result` (idempotent per ``(task_id, index)``):
 * ``progress`` is ``100 × finished / total`` rounded to one decimal; a task failed
   as a whole shows 100 (it is finished).
 
-Inputs are never mutated; a changed status is a new record.  Each update copies the
-result list once and recomputes counts: O(n) per update, O(n²) per task, which for
-``max_images_per_task`` = 50 is at most 2,500 cheap steps per task — simpler and
-self-healing compared to keeping a separate index.  Results stay sorted by index
-(binary search finds the slot).
+Inputs are never mutated; a changed status is a new record.  A batch of results
+(:func:`apply_results`; cache hits of a task arrive together) costs one pass over the
+task's results and one new record, and counts are recomputed from the results each
+time — simpler and self-healing compared to keeping counters.  Results stay sorted by
+index.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streams.errors import ImagestreamError
@@ -46,6 +45,7 @@ __all__ = [
     "PROCESSING",
     "TERMINAL_STATES",
     "apply_result",
+    "apply_results",
     "fold_update",
     "is_terminal",
     "mark_processing",
@@ -133,19 +133,36 @@ def apply_result(status: TaskStatus, result: ImageResult, now: float) -> tuple[T
     Raises :class:`ValueError` for a result that cannot belong to this task (other
     task_id, index out of range, non-terminal status): the caller dead-letters it.
     """
-    _check_result(status, result)
+    status, fresh = apply_results(status, [result], now)
+    return status, bool(fresh)
+
+
+def apply_results(
+    status: TaskStatus, results: Sequence[ImageResult], now: float
+) -> tuple[TaskStatus, list[ImageResult]]:
+    """Fold a batch of image results in one pass; returns the status and the results
+    that changed it (duplicates and superseded ones are left out).
+
+    One new record per batch, not per result: a 50-image task's hits arrive together.
+    Raises :class:`ValueError` like :func:`apply_result`, before changing anything.
+    """
+    for result in results:
+        _check_result(status, result)
     if status.status == FAILED and status.error is not None:
-        return status, False  # the task failed as a whole; late results change nothing
-    results = list(status.results)
-    pos = bisect_left([r.index for r in results], result.index)
-    if pos < len(results) and results[pos].index == result.index:
-        if not _supersedes(result, results[pos]):
-            return status, False
-        results[pos] = result
-    else:
-        results.insert(pos, result)
-    completed = sum(1 for r in results if r.status == COMPLETED)
-    failed = len(results) - completed
+        return status, []  # the task failed as a whole; late results change nothing
+    by_index = {r.index: r for r in status.results}
+    fresh: list[ImageResult] = []
+    for result in results:
+        old = by_index.get(result.index)
+        if old is not None and not _supersedes(result, old):
+            continue
+        by_index[result.index] = result
+        fresh.append(result)
+    if not fresh:
+        return status, []
+    merged = [by_index[i] for i in sorted(by_index)]
+    completed = sum(1 for r in merged if r.status == COMPLETED)
+    failed = len(merged) - completed
     return (
         _replace(
             status,
@@ -153,10 +170,10 @@ def apply_result(status: TaskStatus, result: ImageResult, now: float) -> tuple[T
             completed_images=completed,
             failed_images=failed,
             progress=progress_of(completed + failed, status.total_images),
-            results=results,
+            results=merged,
             updated_at=now,
         ),
-        True,
+        fresh,
     )
 
 
@@ -213,9 +230,4 @@ def fold_update(current: TaskStatus | None, update: TaskUpdate, now: float) -> t
         raise ValueError(f"unknown task update kind {update.kind!r}")
     if current is None:
         raise ValueError(f"results for task {update.task_id!r} before its plan")
-    fresh: list[ImageResult] = []
-    for result in update.results:
-        current, changed = apply_result(current, result, now)
-        if changed:
-            fresh.append(result)
-    return current, fresh
+    return apply_results(current, update.results, now)
