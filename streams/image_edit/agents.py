@@ -29,7 +29,7 @@ from streams.errors import ImagestreamError, InputError, InvalidImage, InvalidRe
 from streams.image_edit import state
 from streams.image_edit.executor import EditExecutor
 from streams.image_edit.images import ImageInfo, inspect_image_in_thread, recent_images
-from streams.image_edit.keys import cache_key, image_sha256
+from streams.image_edit.keys import cache_keys_for, image_sha256
 from streams.image_edit.models import (
     CacheEntry,
     ErrorInfo,
@@ -97,12 +97,7 @@ async def fetch_image_bytes(ref: ImageRef) -> bytes:
 
 
 async def prepare_image(ref: ImageRef) -> tuple[str, ImageInfo]:
-    """Resolve, validate and store one input image; returns (blob sha, info).
-
-    A blob already known to this worker is not even read: its name is its sha256.
-    """
-    if ref.blob and (info := recent_images.get(ref.blob)) is not None:
-        return ref.blob, info
+    """Resolve, validate and store one input image; returns (blob sha, info)."""
     data = await fetch_image_bytes(ref)
     sha = image_sha256(data)
     info = recent_images.get(sha)
@@ -137,7 +132,16 @@ async def plan_task(task: TaskRequest) -> list[asyncio.Future[Any]]:
             except (ValueError, TypeError) as exc:  # bad base64 and the like
                 return InvalidImage(f"image could not be read: {exc}")
 
-    prepared = await asyncio.gather(*(prepare(ref) for ref in task.images))
+    # Images this worker has seen (uploaded through its API, or planned before) need
+    # no I/O at all; only the others are fetched and inspected, a few at a time.
+    prepared: list[tuple[str, ImageInfo] | InputError | None] = [
+        (ref.blob, info) if ref.blob and (info := recent_images.get(ref.blob)) is not None else None
+        for ref in task.images
+    ]
+    missing = [i for i, item in enumerate(prepared) if item is None]
+    for i, item in zip(missing, await asyncio.gather(*(prepare(task.images[i]) for i in missing)), strict=True):
+        prepared[i] = item
+    key_for = cache_keys_for(model=settings.model, edit_type=edit_type, prompt=prompt, params=params)
     now = time.time()
     plan = TaskUpdate(task_id=task.task_id, kind="plan", total_images=len(task.images),
                       created_at=task.submitted_at or now)
@@ -150,9 +154,9 @@ async def plan_task(task: TaskRequest) -> list[asyncio.Future[Any]]:
                                       error=ErrorInfo(code=item.code, message=item.message)))
             metrics.inc("images_failed_total", code=item.code)
             continue
+        assert item is not None
         sha, info = item
-        key = cache_key(model=settings.model, edit_type=edit_type, image_identity=info.identity,
-                        prompt=prompt, params=params)
+        key = key_for(info.identity)
         job = ImageJob(task_id=task.task_id, index=index, filename=ref.filename, edit_type=edit_type,
                        prompt=prompt, params=params, cache_key=key, image_sha256=sha, blob=sha,
                        submitted_at=task.submitted_at or now)

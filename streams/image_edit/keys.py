@@ -53,7 +53,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from PIL import Image
@@ -63,6 +63,7 @@ __all__ = [
     "NON_AFFECTING_PARAMS",
     "OUTPUT_PARAMS",
     "cache_key",
+    "cache_keys_for",
     "canonical_params",
     "image_sha256",
     "normalize_prompt",
@@ -205,16 +206,25 @@ def cache_key(
     :func:`image_sha256` of the bytes sent upstream.  The prompt is normalised and the
     params canonicalised here, so callers cannot forget to.
     """
-    preimage = json.dumps(
-        [
-            version,
-            model,
-            edit_type,
-            image_identity,
-            normalize_prompt(prompt),
-            canonical_params(params),
-        ],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(preimage.encode("utf-8")).hexdigest()
+    return cache_keys_for(model=model, edit_type=edit_type, prompt=prompt, params=params,
+                          version=version)(image_identity)
+
+
+def cache_keys_for(
+    *,
+    model: str,
+    edit_type: str,
+    prompt: str,
+    params: Mapping[str, Any],
+    version: str = KEY_VERSION,
+) -> Callable[[str], str]:
+    """:func:`cache_key` for many images of one edit: normalises the prompt and
+    canonicalises the params once, returns ``image_identity -> key``."""
+    head = [version, model, edit_type]
+    tail = [normalize_prompt(prompt), canonical_params(params)]
+
+    def key(image_identity: str) -> str:
+        preimage = json.dumps([*head, image_identity, *tail], ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(preimage.encode("utf-8")).hexdigest()
+
+    return key
