@@ -14,7 +14,6 @@ import io
 import ipaddress
 import os
 import re
-import struct
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from PIL import Image, features  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
 from streams.dimensions.fetch import fetch_dimensions, make_session  # noqa: E402
+from tests.support import tiff_ifd_at_end  # noqa: E402
 
 FIXTURES = REPO.parent / "shared" / "fixtures" / "probe-image-size"
 
@@ -36,17 +36,6 @@ def _encode(image: Image.Image, fmt: str, **params: object) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt, **params)
     return out.getvalue()
-
-
-def _tiff_ifd_at_end(width: int, height: int) -> bytes:
-    pixels = os.urandom(width * height)
-    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
-            (273, 4, 8), (277, 3, 1), (278, 4, height), (279, 4, len(pixels))]
-    entries = b"".join(
-        struct.pack("<HHI", t, k, 1) + (struct.pack("<HH", v, 0) if k == 3 else struct.pack("<I", v))
-        for t, k, v in tags
-    )
-    return b"II" + struct.pack("<HI", 42, 8 + len(pixels)) + pixels + struct.pack("<H", len(tags)) + entries + bytes(4)
 
 
 def images() -> dict[str, bytes]:
@@ -67,7 +56,7 @@ def images() -> dict[str, bytes]:
         "webp lossy (VP8)": _encode(noise, "WEBP", quality=90, method=0),
         "webp lossless (VP8L)": _encode(small, "WEBP", lossless=True, method=0, quality=0),
         "webp VP8X + EXIF": _encode(noise, "WEBP", quality=90, method=0, exif=exif6.tobytes()),
-        "tiff IFD at end": _tiff_ifd_at_end(3000, 1000),
+        "tiff IFD at end": tiff_ifd_at_end(3000, 1000),
         "tiff IFD at end, no Range": b"",  # same file, Range refused (filled below)
         "ico": _encode(noise.resize((256, 256)), "ICO", sizes=[(16, 16), (64, 64), (256, 256)]),
     }

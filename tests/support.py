@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -228,6 +229,21 @@ def start_worker(
         raise RuntimeError(f"{name} did not become ready: {exc}\n{proc.log_tail(80)}") from None
     return Worker(url=url, data_dir=data_dir, app_id=app_id, proc=proc)
 
+
+
+# --- sample images ---------------------------------------------------------------
+
+
+def tiff_ifd_at_end(width: int, height: int) -> bytes:
+    """Uncompressed greyscale TIFF, IFD0 after the pixels (as some writers do)."""
+    pixels = bytes(width * height)
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+            (273, 4, 8), (277, 3, 1), (278, 4, height), (279, 4, len(pixels))]
+    entries = b"".join(
+        struct.pack("<HHI", t, k, 1) + (struct.pack("<HH", v, 0) if k == 3 else struct.pack("<I", v))
+        for t, k, v in tags
+    )
+    return b"II" + struct.pack("<HI", 42, 8 + len(pixels)) + pixels + struct.pack("<H", len(tags)) + entries + bytes(4)
 
 
 # --- local HTTP servers ------------------------------------------------------------

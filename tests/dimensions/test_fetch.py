@@ -9,7 +9,6 @@ import json
 import os
 import re
 import socket
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from config.settings import Settings
 from streams.dimensions.fetch import DEFAULT_CHUNK_SIZE, HTTPStatusError, fetch_dimensions, make_session
 from streams.dimensions.netguard import GuardedConnector, redact_url
 from streams.errors import FetchError
+from tests.support import tiff_ifd_at_end
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "probe-image-size"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
@@ -216,18 +216,6 @@ def encoded(image: Image.Image, fmt: str, **params: object) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt, **params)
     return out.getvalue()
-
-
-def tiff_ifd_at_end(width: int, height: int) -> bytes:
-    """Uncompressed greyscale TIFF, IFD0 after the pixels (as some writers do)."""
-    pixels = bytes(width * height)
-    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
-            (273, 4, 8), (277, 3, 1), (278, 4, height), (279, 4, len(pixels))]
-    entries = b"".join(
-        struct.pack("<HHI", t, k, 1) + (struct.pack("<HH", v, 0) if k == 3 else struct.pack("<I", v))
-        for t, k, v in tags
-    )
-    return b"II" + struct.pack("<HI", 42, 8 + len(pixels)) + pixels + struct.pack("<H", len(tags)) + entries + bytes(4)
 
 
 def big_images() -> dict[str, bytes]:
