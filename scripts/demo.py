@@ -175,7 +175,7 @@ def main() -> int:
         if not use_real:
             with urllib.request.urlopen(env["DASHSCOPE_HTTP_BASE_URL"].rsplit("/api/", 1)[0] + "/_emulator/stats") as r:
                 stats = json.loads(r.read())
-            print(f"  emulator: {stats.get("total_requests")} upstream calls in all, max {stats.get('max_in_flight')} in flight")
+            print(f"  emulator: {stats.get('total_requests')} upstream calls in all, max {stats.get('max_in_flight')} in flight")
         return 0 if first["status"] == "completed" and hits == len(second["results"]) else 1
     finally:
         for proc in reversed(procs):
