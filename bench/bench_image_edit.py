@@ -98,6 +98,9 @@ async def run(args: argparse.Namespace, bootstrap: str, api: str, emulator_base:
     async with aiohttp.ClientSession() as session:
         # 1. makespan -------------------------------------------------------------------
         files = [(f"b{i}.png", make_png(i + args.salt)) for i in range(args.images)]
+        # Warm the worker up (first-request costs: lazy clients, plugin imports, topic
+        # metadata) with one image that is not part of the measured set.
+        await wait_done(session, api, await submit(session, api, [("warm.png", make_png(args.salt - 1))], "warm up"))
         await session.post(f"{emulator_base}/_emulator/reset")
         t0 = time.monotonic()
         task_id = await submit(session, api, files, "提升画质，增强细节")
@@ -118,7 +121,8 @@ async def run(args: argparse.Namespace, bootstrap: str, api: str, emulator_base:
         print(f"   sliding window (measured) {makespan:7.2f}s  (of which the HTTP submit of the images: "
               f"{accepted_after:.2f}s)")
         print(f"   batches of 3 (same latencies) {baseline:7.2f}s   ratio {makespan / baseline:.3f}  (target ≤ 0.75)")
-        print(f"   ideal Σlatency/3          {ideal:7.2f}s   ratio {makespan / ideal:.3f}  (target ≤ 1.05)")
+        print(f"   ideal Σlatency/3          {ideal:7.2f}s   ratio {makespan / ideal:.3f}  (target ≤ 1.05); "
+              f"from the 202: {(makespan - accepted_after) / ideal:.3f}")
         print(f"   zero-overhead window (same latencies, same order) {window_only:7.2f}s   "
               f"ratio {makespan / window_only:.3f}  (our overhead; the rest is the tail of the last calls)")
 
