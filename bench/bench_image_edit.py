@@ -23,7 +23,6 @@ import asyncio
 import io
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -38,7 +37,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support import (  # noqa: E402 - after the path tweak
     TopicReader,
-    produce,
     start_emulator,
     start_worker,
 )

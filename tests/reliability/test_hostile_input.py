@@ -45,7 +45,7 @@ from tests.reliability.conftest import (
     unique_app_id,
     wait_task,
 )
-from tests.support import TopicReader, Worker, jkey, wait_for
+from tests.support import TopicReader, Worker, jkey
 
 pytestmark = pytest.mark.integration
 
@@ -257,7 +257,7 @@ async def test_malformed_multipart_is_a_400_with_a_json_code(hostile_worker: Wor
     part = (f"--{good}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.png\"\r\n"
             "Content-Type: image/png\r\n\r\n").encode() + _png_of(32, 32) + f"\r\n--{good}--\r\n".encode()
     content_type, body = {
-        "wrong_boundary": (f"multipart/form-data; boundary=otherboundary", part),
+        "wrong_boundary": ("multipart/form-data; boundary=otherboundary", part),
         "truncated": (f"multipart/form-data; boundary={good}", part[: len(part) // 2]),
         "no_boundary": ("multipart/form-data", part),
         "garbage_headers": (f"multipart/form-data; boundary={good}",
