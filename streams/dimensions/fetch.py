@@ -31,7 +31,7 @@ import asyncio
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import aiohttp
 from yarl import URL
@@ -108,15 +108,7 @@ class FetchOutcome:
 
     @property
     def probe(self) -> ProbeResult:
-        return ProbeResult(
-            format=self.format,
-            width=self.width,
-            height=self.height,
-            raw_width=self.raw_width,
-            raw_height=self.raw_height,
-            orientation=self.orientation,
-            mime=self.mime,
-        )
+        return ProbeResult(**{f.name: getattr(self, f.name) for f in fields(ProbeResult)})
 
 
 def make_session(settings: Settings, *, limit: int = 64, limit_per_host: int = 8) -> aiohttp.ClientSession:
@@ -332,13 +324,7 @@ class _Fetch:
         if not orientation_known:
             log.debug("size of %s known, orientation not read", redact_url(target))
         return FetchOutcome(
-            format=result.format,
-            width=result.width,
-            height=result.height,
-            raw_width=result.raw_width,
-            raw_height=result.raw_height,
-            orientation=result.orientation,
-            mime=result.mime,
+            **asdict(result),
             url=url,
             final_url=str(target),
             bytes_read=self.bytes_read,
