@@ -9,7 +9,8 @@ Routes::
     POST /api/v1/services/aigc/multimodal-generation/generation   the model call
     GET  /results/{id}.png?Expires=<unix>&Signature=<hmac>          signed, expiring result
     GET  /_emulator/stats        counters (requests, in flight, max in flight, per model...)
-    GET  /_emulator/latencies    injected latencies since the last reset, in draw order
+    GET  /_emulator/latencies    injected latencies since the last reset, in draw order, and
+                                 every finished call's wall-clock [started, finished]
     POST /_emulator/reset        zero the counters
     GET  /_emulator/config       the fault settings in force
     POST /_emulator/config       change them: {"latency": "fixed:0.2", "rate_429": 1.0, ...}
@@ -170,9 +171,13 @@ class Stats:
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     #: Calls in flight now (their start times tell how long they have been running).
     calls: set[_Call] = field(default_factory=set)
+    #: (started, finished) wall-clock times of finished calls, in finishing order: lets a
+    #: benchmark see how long a client kept a slot idle between one call and the next.
+    timeline: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=100_000))
 
     def reset(self) -> None:
         self.latencies.clear()
+        self.timeline.clear()
         self.total.reset()
         for counters in self.per_model.values():
             counters.reset()
@@ -208,6 +213,7 @@ class _Call:
         self.status = "500"
         self.code: str | None = None
         self.started = time.monotonic()
+        self.started_wall = time.time()
         stats.total.enter()
         stats.calls.add(self)
 
@@ -217,6 +223,7 @@ class _Call:
         self._model = counters
 
     def finish(self) -> None:
+        self._stats.timeline.append((self.started_wall, time.time()))
         self._stats.calls.discard(self)
         self._stats.total.leave(self.status)
         if self._model is not None:
@@ -712,9 +719,12 @@ async def get_stats(request: web.Request) -> web.Response:
 
 
 async def get_latencies(request: web.Request) -> web.Response:
-    """Injected latencies since the last reset, in the order calls drew them."""
+    """Injected latencies since the last reset, in the order calls drew them, and the
+    wall-clock ``[started, finished]`` of every finished call."""
     state = request.app[STATE]
-    return web.json_response({"latencies_s": list(state.stats.latencies)})
+    return web.json_response(
+        {"latencies_s": list(state.stats.latencies), "calls": [list(c) for c in state.stats.timeline]}
+    )
 
 
 async def post_reset(request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -422,6 +423,26 @@ async def test_stats_count_concurrency(
     numbers = await stats(http, emulator)
     assert numbers["total_requests"] == 0 and numbers["max_in_flight"] == 0
     assert numbers["per_model"][MODEL]["requests"] == 0
+
+
+async def test_latencies_and_call_timeline(
+    editor: DashScopeEditor, emulator: str, http: aiohttp.ClientSession
+) -> None:
+    await configure(http, emulator, latency="fixed:0.15")
+    before = time.time()
+    await asyncio.gather(*(edit(editor, "sharpen") for _ in range(3)))
+    after = time.time()
+    async with http.get(f"{emulator}/_emulator/latencies") as response:
+        drawn = await response.json()
+    assert drawn["latencies_s"] == [0.15, 0.15, 0.15]
+    assert len(drawn["calls"]) == 3
+    for started, finished in drawn["calls"]:
+        # The drawn latency is the whole service time, so every call lasted at least it.
+        assert before <= started and started + 0.15 <= finished <= after
+    async with http.post(f"{emulator}/_emulator/reset") as response:
+        assert response.status == 200
+    async with http.get(f"{emulator}/_emulator/latencies") as response:
+        assert await response.json() == {"latencies_s": [], "calls": []}
 
 
 async def test_config_endpoint_rejects_bad_values(emulator: str, http: aiohttp.ClientSession) -> None:
