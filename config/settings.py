@@ -137,6 +137,14 @@ class Settings:
     dimension_max_bytes: int = 4 * 1024 * 1024
     dimension_max_redirects: int = 5
     dimension_url_ttl: float = 24 * 3600.0
+    #: Seconds a permanent fetch failure of a URL (404/410 and other 4xx, not an image,
+    #: too large, refused address, too many redirects) is remembered: requests for it
+    #: are answered at once with the placeholder and the error, without fetching
+    #: (``refresh=true`` bypasses it).  0: not remembered.
+    dimension_failure_ttl: float = 300.0
+    #: The same for transient failures (timeouts, connection errors, 5xx, 408, 429).
+    #: 0: not remembered (the next request fetches again).
+    dimension_transient_failure_ttl: float = 15.0
     placeholder: tuple[int, int] = (1080, 1920)
     fetch_allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | str, ...] = ()
 
@@ -236,6 +244,8 @@ class Settings:
             raise SettingsError("IMAGESTREAM_MAX_IMAGES_PER_TASK must be >= 1")
         if self.dimension_timeout <= 0:
             raise SettingsError("IMAGESTREAM_DIMENSION_TIMEOUT must be > 0")
+        if self.dimension_failure_ttl < 0 or self.dimension_transient_failure_ttl < 0:
+            raise SettingsError("IMAGESTREAM_DIMENSION_FAILURE_TTL and _TRANSIENT_FAILURE_TTL must be >= 0")
         if self.blob_url is not None:
             scheme, _, rest = self.blob_url.partition("://")
             if scheme not in ("s3", "file") or not rest.strip("/"):

@@ -116,6 +116,10 @@ class DimensionUpdate(_Record):
     flagged: Optional[str] = None
     #: Publish a DimensionResult for it (False when the requester was answered already).
     notify: bool = True
+    #: With ``error``: the URL's failure is remembered until then (epoch seconds), so
+    #: the key's owner answers requests for the URL at once, without a fetch job.
+    #: 0: not remembered.
+    retry_at: float = 0.0
 
 
 class DimensionEntry(_Record):
@@ -135,7 +139,9 @@ class DimensionEntry(_Record):
 
 
 class UrlEntry(_Record):
-    """Value of the ``url_dimensions`` table: a URL's size when last fetched."""
+    """Value of the ``url_dimensions`` table: a URL's size when last fetched, or its
+    last failure (``error`` set, sizes 0), remembered until ``retry_at`` (the
+    negative cache: :func:`streams.dimensions.service.plan_fetch`)."""
 
     url: str
     width: int
@@ -148,6 +154,10 @@ class UrlEntry(_Record):
     bytes_read: int = 0
     etag: Optional[str] = None
     last_modified: Optional[str] = None
+    #: A failure (no size): why, and until when (epoch seconds) it is answered
+    #: without fetching.
+    error: Optional[ErrorInfo] = None
+    retry_at: float = 0.0
 
 
 class SceneSizes(_Record):

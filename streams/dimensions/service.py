@@ -11,6 +11,12 @@ Agents and views are thin loops around these:
 * :func:`anomaly` -- sizes that are flagged and never cached;
 * :func:`record_size` / :func:`choose_placeholder` -- the smart placeholder per scene;
 * :func:`url_entry_fresh` -- TTL of URL-level entries;
+* :func:`plan_fetch` -- what a fetch job does with the URL's entry: answer from it,
+  answer a remembered failure, revalidate it (conditional GET) or fetch;
+* :func:`remember_failure` / :func:`failure_ttl` -- the negative cache: permanent
+  failures (404, not an image, ...) are remembered longer than transient ones;
+* :func:`revalidated_entry` -- an entry after a ``304 Not Modified``;
+* :class:`RememberedFailures` -- the key owners' memory of those failures;
 * :class:`RecentSet` and :class:`PendingFetches` -- in-flight dedupe with expiry.
 """
 
@@ -38,25 +44,38 @@ from streams.errors import ImageTooLarge, InvalidRequest
 
 __all__ = [
     "ANOMALOUS_SIZE",
+    "CACHED",
+    "FAILED",
+    "FETCH",
     "MAX_ASPECT_RATIO",
     "MAX_PIXELS",
+    "PERMANENT_FAILURES",
     "PendingFetches",
+    "REVALIDATE",
     "RecentSet",
+    "RememberedFailures",
     "accept_update",
     "anomaly",
     "choose_placeholder",
     "decode_base64",
     "dimension_key",
     "entry_from_update",
+    "failed_update",
+    "failure_is_permanent",
+    "failure_ttl",
     "parse_bool",
     "parse_request",
     "placeholder_result",
+    "plan_fetch",
     "record_size",
+    "remember_failure",
     "result_from_entry",
     "result_from_update",
+    "revalidated_entry",
     "scene_sizes_key",
     "split_key",
     "update_from_url_entry",
+    "url_entry_failed",
     "url_entry_fresh",
     "waiter_key",
 ]
@@ -281,12 +300,113 @@ def entry_from_update(update: DimensionUpdate) -> DimensionEntry:
 
 
 def url_entry_fresh(entry: UrlEntry | None, *, now: float, ttl: float) -> bool:
-    """A URL entry younger than ``ttl`` seconds (``ttl <= 0``: never expires)."""
-    if entry is None:
+    """A URL entry with a size, younger than ``ttl`` seconds (``ttl <= 0``: never
+    expires).  A failure entry is never fresh (see :func:`url_entry_failed`)."""
+    if entry is None or entry.error is not None:
         return False
     if ttl <= 0:
         return True
     return now - entry.fetched_at < ttl
+
+
+# ------------------------------------------------------------ negative cache, 304
+#: Values of :func:`plan_fetch`.
+CACHED = "cached"  # answer from the entry
+FAILED = "failed"  # answer the remembered failure, no request to the origin
+REVALIDATE = "revalidate"  # expired, has a validator: conditional GET (304 keeps the size)
+FETCH = "fetch"  # unconditional GET
+
+#: Fetch error codes (``FetchError.reason``) that another try soon would repeat.
+#: ``http_status`` is decided by the status itself (:func:`failure_is_permanent`);
+#: everything else (timeout, connection, truncated, internal_error, ...) is transient.
+PERMANENT_FAILURES = frozenset(
+    {"unsupported_format", "too_large", "refused_address", "too_many_redirects", "invalid_url"}
+)
+#: 4xx statuses that are about the moment, not the resource.
+TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429})
+
+
+def failure_is_permanent(code: str, http_status: int | None = None) -> bool:
+    """Whether a failed fetch would fail the same way if repeated soon: 404, 410 and
+    the other 4xx (but 408/425/429), not an image, too large, a refused address, a
+    redirect loop.  Timeouts, connection errors and 5xx are transient."""
+    if code == "http_status":
+        return http_status is not None and 400 <= http_status < 500 and http_status not in TRANSIENT_HTTP_STATUSES
+    return code in PERMANENT_FAILURES
+
+
+def failure_ttl(code: str, http_status: int | None, *, permanent_ttl: float, transient_ttl: float) -> float:
+    """Seconds a failure is remembered (0: not at all)."""
+    ttl = permanent_ttl if failure_is_permanent(code, http_status) else transient_ttl
+    return max(ttl, 0.0)
+
+
+def url_entry_failed(entry: UrlEntry | None, *, now: float) -> bool:
+    """A remembered failure still in force (answered without fetching)."""
+    return entry is not None and entry.error is not None and now < entry.retry_at
+
+
+def plan_fetch(entry: UrlEntry | None, *, refresh: bool, now: float, ttl: float) -> str:
+    """What a fetch job for the URL does, given the URL's table entry.
+
+    ``refresh`` always fetches (unconditionally: the caller doubts what we have);
+    a remembered failure is answered until its ``retry_at``; a fresh size is
+    answered; an expired size with an ETag or Last-Modified is revalidated; anything
+    else is fetched."""
+    if refresh or entry is None:
+        return FETCH
+    if entry.error is not None:
+        return FAILED if url_entry_failed(entry, now=now) else FETCH
+    if url_entry_fresh(entry, now=now, ttl=ttl):
+        return CACHED
+    if entry.etag or entry.last_modified:
+        return REVALIDATE
+    return FETCH
+
+
+def remember_failure(
+    previous: UrlEntry | None,
+    url: str,
+    error: ErrorInfo,
+    *,
+    http_status: int | None,
+    now: float,
+    permanent_ttl: float,
+    transient_ttl: float,
+    url_ttl: float,
+) -> UrlEntry | None:
+    """The ``url_dimensions`` entry that records a failed fetch, or None to leave the
+    table as it is: the failure's TTL is 0, or it is transient and the URL still has
+    a fresh size (a blip during a ``refresh`` does not erase a good size; a 404
+    does)."""
+    ttl = failure_ttl(error.code, http_status, permanent_ttl=permanent_ttl, transient_ttl=transient_ttl)
+    if ttl <= 0:
+        return None
+    if not failure_is_permanent(error.code, http_status) and url_entry_fresh(previous, now=now, ttl=url_ttl):
+        return None
+    return UrlEntry(url=url, width=0, height=0, raw_width=0, raw_height=0, orientation=1, format=None,
+                    fetched_at=now, bytes_read=0, error=error, retry_at=now + ttl)
+
+
+def revalidated_entry(
+    previous: UrlEntry, *, fetched_at: float, etag: str | None, last_modified: str | None
+) -> UrlEntry:
+    """``previous`` confirmed by a ``304 Not Modified`` at ``fetched_at``: same size,
+    new age, validators as the 304 sent them (else the old ones), no body read."""
+    return UrlEntry(
+        url=previous.url, width=previous.width, height=previous.height, raw_width=previous.raw_width,
+        raw_height=previous.raw_height, orientation=previous.orientation, format=previous.format,
+        fetched_at=fetched_at, bytes_read=0, etag=etag or previous.etag,
+        last_modified=last_modified or previous.last_modified,
+    )
+
+
+def failed_update(url: str, waiter: Waiter, error: ErrorInfo, *, at: float, retry_at: float = 0.0) -> DimensionUpdate:
+    """What a waiter learns of a failed (or remembered failed) fetch."""
+    return DimensionUpdate(
+        session_id=waiter.session_id, resource=waiter.resource, scene=waiter.scene, url=url,
+        requested_at=waiter.requested_at, source="fetched", fetched_at=at, error=error, retry_at=retry_at,
+    )
 
 
 def update_from_url_entry(entry: UrlEntry, waiter: Waiter, *, source: str) -> DimensionUpdate:
@@ -454,6 +574,47 @@ class RecentSet(Generic[K]):
             if self._until[first] > now and len(self._until) <= self.max_size:
                 break
             del self._until[first]
+
+
+class RememberedFailures:
+    """URL → (error, until): the failures a key's owner has learnt from updates
+    (``DimensionUpdate.retry_at``), so it answers requests for a broken URL at once
+    with the placeholder and the error, without even a fetch job.
+
+    A read-through memory of ``url_dimensions`` (the truth, on the URL's partition,
+    which survives restarts): after a restart the first request for the URL sends a
+    job, answered from the table without a request to the origin, and its update
+    fills this again.  Bounded (oldest dropped first); wall clock, as ``until`` is
+    set by another worker."""
+
+    def __init__(self, *, max_size: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+        self.max_size = max_size
+        self.clock = clock
+        self._items: dict[str, tuple[ErrorInfo, float]] = {}
+
+    def remember(self, url: str, error: ErrorInfo, until: float) -> None:
+        if until <= self.clock():
+            return
+        self._items.pop(url, None)
+        self._items[url] = (error, until)
+        while len(self._items) > self.max_size:
+            del self._items[next(iter(self._items))]
+
+    def get(self, url: str) -> ErrorInfo | None:
+        """The remembered error of ``url``, or None (never known, expired, forgotten)."""
+        item = self._items.get(url)
+        if item is None:
+            return None
+        if item[1] <= self.clock():
+            del self._items[url]
+            return None
+        return item[0]
+
+    def forget(self, url: str) -> None:
+        self._items.pop(url, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass
