@@ -145,6 +145,60 @@ async def http_ok(url: str, *, status: int = 200) -> bool:
             return resp.status == status
 
 
+def auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def get_json(url: str, token: str | None = None, timeout: float = 10) -> tuple[int, Any]:
+    """Status and JSON body of a GET (``None`` for a body that is not JSON)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        async with session.get(url, headers=auth(token)) as resp:
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:
+                body = None
+            return resp.status, body
+
+
+# --- the worker's image-edit API ----------------------------------------------------
+
+TERMINAL = {"completed", "partial", "failed"}
+
+
+def edit_form(files: list[tuple[str, bytes]], *, edit_type: str = "enhance", params: Any = None,
+              raw_params: str | None = None) -> aiohttp.FormData:
+    """A submit form; ``edit_params`` is ``params`` as JSON, or ``raw_params`` as given, or absent."""
+    data = aiohttp.FormData()
+    for name, blob in files:
+        data.add_field("images", blob, filename=name, content_type="application/octet-stream")
+    data.add_field("edit_type", edit_type)
+    if raw_params is not None:
+        data.add_field("edit_params", raw_params)
+    elif params is not None:
+        data.add_field("edit_params", json.dumps(params))
+    return data
+
+
+async def submit(url: str, data: aiohttp.FormData, token: str | None = None) -> tuple[int, dict[str, Any]]:
+    """POST a task to the worker at ``url``."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/api/v1/image-edit/submit", data=data, headers=auth(token)) as resp:
+            return resp.status, await resp.json()
+
+
+async def get_task(url: str, task_id: str, token: str | None = None) -> tuple[int, Any]:
+    return await get_json(f"{url}/api/v1/image-edit/task/{task_id}", token)
+
+
+async def wait_task(url: str, task_id: str, timeout: float = 90, token: str | None = None) -> dict[str, Any]:
+    """The task's status document once it is terminal."""
+    async def done() -> dict[str, Any] | None:
+        status, doc = await get_task(url, task_id, token)
+        return doc if status == 200 and doc["status"] in TERMINAL else None
+
+    return await wait_for(done, timeout=timeout, interval=0.1, what=f"task {task_id} to finish")
+
+
 # --- services: emulator and worker -----------------------------------------------
 
 @dataclass
@@ -158,6 +212,27 @@ class Emulator:
 
 
 EMULATOR_KEY = "sk-emulator-test"
+
+
+async def emulator_stats(emulator: Emulator) -> dict[str, Any]:
+    status, body = await get_json(f"{emulator.base_url}/_emulator/stats")
+    assert status == 200, body
+    return body
+
+
+async def emulator_config(emulator: Emulator, **config: Any) -> dict[str, Any]:
+    """Change the emulator's latency / fault rates; returns its whole config."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{emulator.base_url}/_emulator/config", json=config) as resp:
+            text = await resp.text()
+            assert resp.status == 200, text
+            return json.loads(text)
+
+
+async def emulator_reset(emulator: Emulator) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{emulator.base_url}/_emulator/reset") as resp:
+            assert resp.status == 200, await resp.text()
 
 
 def start_emulator(*args: str, name: str = "emulator") -> Emulator:

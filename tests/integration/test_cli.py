@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import Emulator, Worker
+from tests.support import emulator_config
 
 pytestmark = pytest.mark.integration
 
@@ -60,20 +60,6 @@ def write_png(folder: Path, name: str, size: tuple[int, int] = (160, 120)) -> Pa
     path = folder / name
     path.write_bytes(buf.getvalue())
     return path
-
-
-async def emulator_post(emulator: Emulator, path: str, body: dict[str, Any] | None = None) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{emulator.base_url}{path}", json=body) as resp:
-            assert resp.status == 200, await resp.text()
-
-
-@pytest.fixture
-async def fresh_emulator(emulator: Emulator) -> Emulator:
-    await emulator_post(emulator, "/_emulator/reset")
-    await emulator_post(emulator, "/_emulator/config", {"latency": "fixed:0.2", "rate_429": 0.0, "rate_500": 0.0,
-                                                         "rate_drop": 0.0, "rate_inspection": 0.0})
-    return emulator
 
 
 async def test_submit_wait_json_out_then_status_and_watch(
@@ -127,12 +113,12 @@ async def test_plain_output_progress_lines_and_no_wait(
 
 async def test_failed_task_exits_3(cli_env: dict[str, str], fresh_emulator: Emulator, tmp_path: Path) -> None:
     image = write_png(tmp_path, "x.png")
-    await emulator_post(fresh_emulator, "/_emulator/config", {"rate_inspection": 1.0, "latency": "fixed:0.01"})
+    await emulator_config(fresh_emulator, rate_inspection=1.0, latency="fixed:0.01")
     try:
         run = await imagestream(cli_env, "submit", str(image), "-e", "enhance", "--prompt", "inspect me",
                                 "--json")
     finally:
-        await emulator_post(fresh_emulator, "/_emulator/config", {"rate_inspection": 0.0})
+        await emulator_config(fresh_emulator, rate_inspection=0.0)
     assert run.code == 3, run
     doc = run.json()
     assert doc["status"] == "failed" and doc["results"][0]["error"]["code"] == "DataInspectionFailed"

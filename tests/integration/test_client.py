@@ -24,7 +24,7 @@ from producers import (
     submit_and_wait,
 )
 from tests.conftest import Emulator, Worker
-from tests.support import TopicReader, free_port, serve_images, wait_for
+from tests.support import TopicReader, emulator_config, free_port, serve_images, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,20 +40,6 @@ def make_png(seed: int, size: tuple[int, int] = (160, 120)) -> bytes:
 
 def salt() -> int:
     return uuid.uuid4().int % 10_000_000
-
-
-async def _emulator_post(emulator: Emulator, path: str, body: dict[str, Any] | None = None) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{emulator.base_url}{path}", json=body) as resp:
-            assert resp.status == 200, await resp.text()
-
-
-@pytest.fixture
-async def fresh_emulator(emulator: Emulator) -> Emulator:
-    await _emulator_post(emulator, "/_emulator/reset")
-    await _emulator_post(emulator, "/_emulator/config", {"latency": "fixed:0.2", "rate_429": 0.0, "rate_500": 0.0,
-                                                          "rate_drop": 0.0, "rate_inspection": 0.0})
-    return emulator
 
 
 @pytest.fixture
@@ -143,7 +129,7 @@ async def test_wait_and_results_are_fed_by_kafka_not_by_polling(
 ) -> None:
     # One HTTP read right after subscribing, the next only after 60 s: what arrives
     # in between can only have come from the topics.
-    await _emulator_post(fresh_emulator, "/_emulator/config", {"latency": "fixed:1.0"})
+    await emulator_config(fresh_emulator, latency="fixed:1.0")
     async with ImageEditClient(**client_kwargs, poll_interval=60.0) as c:
         task = await c.submit([make_png(salt()), make_png(salt())], "enhance")
         started = time.monotonic()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import os
 import time
 import uuid
@@ -17,12 +16,23 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import Emulator, Worker
-from tests.support import TopicReader, produce, serve_images, wait_for
+from tests.support import (
+    TERMINAL,
+    TopicReader,
+    edit_form,
+    emulator_config,
+    emulator_stats,
+    get_task,
+    produce,
+    serve_images,
+    submit,
+    wait_for,
+    wait_task,
+)
 
 pytestmark = pytest.mark.integration
 
 PROMPT = "提升画质，增强细节"
-TERMINAL = {"completed", "partial", "failed"}
 
 
 def make_png(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
@@ -32,65 +42,6 @@ def make_png(seed: int, size: tuple[int, int] = (320, 240)) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
-
-
-def form(files: list[tuple[str, bytes]], *, edit_type: str = "enhance", params: Any = None,
-         raw_params: str | None = None) -> aiohttp.FormData:
-    data = aiohttp.FormData()
-    for name, blob in files:
-        data.add_field("images", blob, filename=name, content_type="application/octet-stream")
-    data.add_field("edit_type", edit_type)
-    if raw_params is not None:
-        data.add_field("edit_params", raw_params)
-    elif params is not None:
-        data.add_field("edit_params", json.dumps(params))
-    return data
-
-
-async def submit(worker: Worker, data: aiohttp.FormData) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{worker.url}/api/v1/image-edit/submit", data=data) as resp:
-            return resp.status, await resp.json()
-
-
-async def get_task(worker: Worker, task_id: str) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{worker.url}/api/v1/image-edit/task/{task_id}") as resp:
-            return resp.status, await resp.json()
-
-
-async def wait_task(worker: Worker, task_id: str, timeout: float = 60) -> dict[str, Any]:
-    async def done() -> dict[str, Any] | None:
-        status, doc = await get_task(worker, task_id)
-        return doc if status == 200 and doc["status"] in TERMINAL else None
-
-    return await wait_for(done, timeout=timeout, interval=0.05, what=f"task {task_id} to finish")
-
-
-async def emulator_stats(emulator: Emulator) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{emulator.base_url}/_emulator/stats") as resp:
-            return await resp.json()
-
-
-async def emulator_config(emulator: Emulator, **config: Any) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{emulator.base_url}/_emulator/config", json=config) as resp:
-            assert resp.status == 200, await resp.text()
-
-
-async def emulator_reset(emulator: Emulator) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{emulator.base_url}/_emulator/reset") as resp:
-            assert resp.status == 200
-
-
-@pytest.fixture
-async def fresh_emulator(emulator: Emulator) -> Emulator:
-    await emulator_reset(emulator)
-    await emulator_config(emulator, latency="fixed:0.2", rate_429=0.0, rate_500=0.0, rate_drop=0.0,
-                          rate_inspection=0.0)
-    return emulator
 
 
 # --- the foundation: an event in, the worker's output on a topic -------------------------
@@ -133,10 +84,10 @@ async def test_nine_images_sliding_window_then_whitespace_variant_hits_cache(
     await emulator_config(fresh_emulator, latency="lognormal:0.4,0.5")
 
     t0 = time.monotonic()
-    status, accepted = await submit(worker, form(files, params={"prompt": PROMPT}))
+    status, accepted = await submit(worker.url, edit_form(files, params={"prompt": PROMPT}))
     assert status == 202, accepted
     assert accepted["total_images"] == 9 and accepted["status"] == "pending"
-    doc = await wait_task(worker, accepted["task_id"])
+    doc = await wait_task(worker.url, accepted["task_id"])
     makespan = time.monotonic() - t0
 
     assert doc["status"] == "completed", doc
@@ -152,9 +103,9 @@ async def test_nine_images_sliding_window_then_whitespace_variant_hits_cache(
 
     # Same images, prompt with extra spaces, a tab and a trailing CRLF: all from cache.
     messy = " \u3000 " + PROMPT + "  \t\r\n"
-    status, again = await submit(worker, form(files, params={"prompt": messy}))
+    status, again = await submit(worker.url, edit_form(files, params={"prompt": messy}))
     assert status == 202
-    doc2 = await wait_task(worker, again["task_id"])
+    doc2 = await wait_task(worker.url, again["task_id"])
     assert doc2["status"] == "completed"
     assert all(r["from_cache"] is True for r in doc2["results"]), doc2["results"]
     assert [r["result_url"] for r in doc2["results"]] == [r["result_url"] for r in doc["results"]]
@@ -167,10 +118,10 @@ async def test_five_concurrent_identical_tasks_make_one_call_per_distinct_image(
     salt = int(time.time() * 1000) % 100000 + 7
     files = [(f"same-{i}.png", make_png(salt + i)) for i in range(3)]
     await emulator_config(fresh_emulator, latency="fixed:0.5")
-    accepted = await asyncio.gather(*(submit(worker, form(files, params={"prompt": "make it pop"}))
+    accepted = await asyncio.gather(*(submit(worker.url, edit_form(files, params={"prompt": "make it pop"}))
                                       for _ in range(5)))
     assert all(status == 202 for status, _ in accepted)
-    docs = await asyncio.gather(*(wait_task(worker, doc["task_id"]) for _, doc in accepted))
+    docs = await asyncio.gather(*(wait_task(worker.url, doc["task_id"]) for _, doc in accepted))
     assert all(d["status"] == "completed" and d["completed_images"] == 3 for d in docs)
     assert (await emulator_stats(fresh_emulator))["total_requests"] == 3
     statuses = [r["from_cache"] for d in docs for r in d["results"]]
@@ -182,9 +133,9 @@ async def test_same_image_by_multipart_url_and_base64_hits_one_entry(
 ) -> None:
     image = make_png(424242 + int(time.time()) % 999)
     # 1) multipart
-    status, accepted = await submit(worker, form([("a.png", image)], params={"prompt": "sharpen it"}))
+    status, accepted = await submit(worker.url, edit_form([("a.png", image)], params={"prompt": "sharpen it"}))
     assert status == 202
-    first = await wait_task(worker, accepted["task_id"])
+    first = await wait_task(worker.url, accepted["task_id"])
     assert first["results"][0]["from_cache"] is False
     # 2) URL and 3) base64, both as Kafka events
     base, files = image_server
@@ -194,7 +145,7 @@ async def test_same_image_by_multipart_url_and_base64_hits_one_entry(
         await produce(kafka_bootstrap, worker.topic("image-edit-requests"),
                       {"task_id": task_id, "edit_type": "enhance", "edit_params": {"prompt": " sharpen   it "},
                        "images": [{"filename": "b.png", **ref}]}, key=task_id)
-        doc = await wait_task(worker, task_id)
+        doc = await wait_task(worker.url, task_id)
         assert doc["results"][0]["status"] == "completed", doc
         assert doc["results"][0]["from_cache"] is True, ref.keys()
         assert doc["results"][0]["result_url"] == first["results"][0]["result_url"]
@@ -212,14 +163,14 @@ async def test_reencoded_image_with_same_pixels_hits_but_other_params_miss(
     bmp = io.BytesIO()
     img.save(bmp, "BMP")
 
-    _, a = await submit(worker, form([("a.png", png)], params={"prompt": "warm tones"}))
-    await wait_task(worker, a["task_id"])
-    _, b = await submit(worker, form([("b.png", reencoded.getvalue()), ("c.bmp", bmp.getvalue())],
-                                     params={"prompt": "warm tones"}))
-    doc_b = await wait_task(worker, b["task_id"])
+    _, a = await submit(worker.url, edit_form([("a.png", png)], params={"prompt": "warm tones"}))
+    await wait_task(worker.url, a["task_id"])
+    _, b = await submit(worker.url, edit_form([("b.png", reencoded.getvalue()), ("c.bmp", bmp.getvalue())],
+                                               params={"prompt": "warm tones"}))
+    doc_b = await wait_task(worker.url, b["task_id"])
     assert [r["from_cache"] for r in doc_b["results"]] == [True, True]
-    _, c = await submit(worker, form([("a.png", png)], params={"prompt": "warm tones", "seed": 7}))
-    doc_c = await wait_task(worker, c["task_id"])
+    _, c = await submit(worker.url, edit_form([("a.png", png)], params={"prompt": "warm tones", "seed": 7}))
+    doc_c = await wait_task(worker.url, c["task_id"])
     assert doc_c["results"][0]["from_cache"] is False  # a different seed is a different edit
     assert (await emulator_stats(fresh_emulator))["total_requests"] == 2
 
@@ -230,10 +181,10 @@ async def test_upstream_errors_retry_and_every_task_ends(worker: Worker, fresh_e
     accepted = []
     for t in range(3):
         files = [(f"e{t}-{i}.png", make_png(salt + 10 * t + i)) for i in range(4)]
-        status, doc = await submit(worker, form(files, params={"prompt": "retry me"}))
+        status, doc = await submit(worker.url, edit_form(files, params={"prompt": "retry me"}))
         assert status == 202
         accepted.append(doc["task_id"])
-    docs = [await wait_task(worker, task_id, timeout=120) for task_id in accepted]
+    docs = [await wait_task(worker.url, task_id, timeout=120) for task_id in accepted]
     assert all(d["status"] in TERMINAL for d in docs)
     results = [r for d in docs for r in d["results"]]
     assert len(results) == 12
@@ -249,8 +200,8 @@ async def test_upstream_errors_retry_and_every_task_ends(worker: Worker, fresh_e
 async def test_content_inspection_failure_fails_that_image_only(worker: Worker, fresh_emulator: Emulator) -> None:
     await emulator_config(fresh_emulator, latency="fixed:0.01", rate_inspection=1.0)
     salt = int(time.time() * 1000) % 100000 + 61
-    _, doc = await submit(worker, form([("x.png", make_png(salt))], params={"prompt": "inspect me"}))
-    final = await wait_task(worker, doc["task_id"])
+    _, doc = await submit(worker.url, edit_form([("x.png", make_png(salt))], params={"prompt": "inspect me"}))
+    final = await wait_task(worker.url, doc["task_id"])
     assert final["status"] == "failed"
     assert final["results"][0]["error"]["code"] == "DataInspectionFailed"
     assert (await emulator_stats(fresh_emulator))["total_requests"] == 1  # 400-class: never retried
@@ -297,7 +248,7 @@ async def test_bad_submissions_get_a_clear_error(worker: Worker, case: str, expe
         files = []
     elif case == "too_many_images":
         files = [(f"{i}.png", good) for i in range(51)]
-    status, body = await submit(worker, form(files, **kwargs))
+    status, body = await submit(worker.url, edit_form(files, **kwargs))
     assert status == expected_status, body
     assert body["error"]["code"] == expected_code, body
     assert body["error"]["message"]
@@ -308,7 +259,7 @@ async def test_non_multipart_and_unknown_task(worker: Worker) -> None:
         async with session.post(f"{worker.url}/api/v1/image-edit/submit", data=b"{not json") as resp:
             assert resp.status == 400
             assert (await resp.json())["error"]["code"] == "invalid_content_type"
-    status, body = await get_task(worker, "no-such-task")
+    status, body = await get_task(worker.url, "no-such-task")
     assert status == 404 and body["error"]["code"] == "task_not_found"
 
 
@@ -327,7 +278,7 @@ async def test_poison_events_are_dead_lettered_and_the_partition_moves_on(
                                      count=3, timeout=30)
     assert {letter["code"] for letter in letters} >= {"invalid_json", "invalid_schema"} or len(letters) == 3
     assert all(letter["reason"] for letter in letters)
-    doc = await wait_task(worker, good_id)
+    doc = await wait_task(worker.url, good_id)
     assert doc["status"] == "completed"
 
 
@@ -355,8 +306,8 @@ async def test_stats_and_metrics_count_hits_and_calls(worker: Worker, fresh_emul
     before = await stats()
     image = make_png(31337 + int(time.time()) % 999)
     for _ in range(2):
-        _, doc = await submit(worker, form([("s.png", image)], params={"prompt": "count me"}))
-        await wait_task(worker, doc["task_id"])
+        _, doc = await submit(worker.url, edit_form([("s.png", image)], params={"prompt": "count me"}))
+        await wait_task(worker.url, doc["task_id"])
     after = await stats()
     assert after["upstream"]["calls"] == before["upstream"]["calls"] + 1
     assert after["cache"]["hits"] >= before["cache"]["hits"] + 1
@@ -374,9 +325,9 @@ async def test_stats_and_metrics_count_hits_and_calls(worker: Worker, fresh_emul
 async def test_offsets_are_committed_once_results_are_durable(worker: Worker, fresh_emulator: Emulator) -> None:
     """Agents ack by hand (on delivery); the committed offsets must still reach the end."""
     salt = int(time.time() * 1000) % 100000 + 91
-    _, doc = await submit(worker, form([(f"c{i}.png", make_png(salt + i)) for i in range(3)],
-                                       params={"prompt": "commit me"}))
-    await wait_task(worker, doc["task_id"])
+    _, doc = await submit(worker.url, edit_form([(f"c{i}.png", make_png(salt + i)) for i in range(3)],
+                                                 params={"prompt": "commit me"}))
+    await wait_task(worker.url, doc["task_id"])
 
     async def caught_up() -> dict[str, float] | None:
         async with aiohttp.ClientSession() as session:
@@ -392,16 +343,16 @@ async def test_offsets_are_committed_once_results_are_durable(worker: Worker, fr
 
 async def test_invalidated_entry_is_computed_again(worker: Worker, fresh_emulator: Emulator) -> None:
     image = make_png(55555 + int(time.time()) % 999)
-    _, first = await submit(worker, form([("i.png", image)], params={"prompt": "invalidate me"}))
-    done = await wait_task(worker, first["task_id"])
+    _, first = await submit(worker.url, edit_form([("i.png", image)], params={"prompt": "invalidate me"}))
+    done = await wait_task(worker.url, first["task_id"])
     key = done["results"][0]["cache_key"]
     async with aiohttp.ClientSession() as session:
         async with session.delete(f"{worker.url}/api/v1/cache/{key}") as resp:
             assert resp.status == 202, await resp.text()
         async with session.delete(f"{worker.url}/api/v1/cache/not-a-key") as resp:
             assert resp.status == 400 and (await resp.json())["error"]["code"] == "invalid_cache_key"
-    _, second = await submit(worker, form([("i.png", image)], params={"prompt": "invalidate me"}))
-    again = await wait_task(worker, second["task_id"])
+    _, second = await submit(worker.url, edit_form([("i.png", image)], params={"prompt": "invalidate me"}))
+    again = await wait_task(worker.url, second["task_id"])
     assert again["results"][0]["from_cache"] is False
     assert again["results"][0]["cache_key"] == key
     assert (await emulator_stats(fresh_emulator))["total_requests"] == 2
@@ -419,14 +370,14 @@ def noise_png(target_bytes: int) -> bytes:
 async def test_large_upload_is_accepted_and_edited(worker: Worker, fresh_emulator: Emulator) -> None:
     big = noise_png(9_500_000)
     assert 9_000_000 < len(big) <= 10 * 1024 * 1024
-    status, doc = await submit(worker, form([("big.png", big)], params={"prompt": "enhance the big one"}))
+    status, doc = await submit(worker.url, edit_form([("big.png", big)], params={"prompt": "enhance the big one"}))
     assert status == 202, doc
-    final = await wait_task(worker, doc["task_id"], timeout=120)
+    final = await wait_task(worker.url, doc["task_id"], timeout=120)
     assert final["status"] == "completed", final
 
 
 async def test_upload_over_the_limit_is_413(worker: Worker) -> None:
     too_big = noise_png(10 * 1024 * 1024 + 200_000)
     assert len(too_big) > 10 * 1024 * 1024
-    status, body = await submit(worker, form([("huge.png", too_big)], params={"prompt": "x"}))
+    status, body = await submit(worker.url, edit_form([("huge.png", too_big)], params={"prompt": "x"}))
     assert status == 413 and body["error"]["code"] == "image_too_large", body

@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import Emulator, Worker, start_worker
-from tests.integration.test_image_edit import emulator_stats, form, make_png, submit, wait_task
+from tests.integration.test_image_edit import make_png
 from tests.s3.server import S3Server, s3_server  # noqa: F401 - the session fixture
-from tests.support import wait_for
+from tests.support import edit_form, emulator_stats, submit, wait_for, wait_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,12 +63,12 @@ async def test_two_workers_share_one_bucket(
         files = [(f"s3-{i}.png", make_png(salt + i)) for i in range(6)]
         calls_before = (await emulator_stats(emulator))["total_requests"]
 
-        status, accepted = await submit(a, form(files, params={"prompt": "two workers, one bucket"}))
+        status, accepted = await submit(a.url, edit_form(files, params={"prompt": "two workers, one bucket"}))
         assert status == 202, accepted
         task_id = accepted["task_id"]
-        doc_b = await wait_task(b, task_id, timeout=120)  # read through B
+        doc_b = await wait_task(b.url, task_id, timeout=120)  # read through B
         assert doc_b["status"] == "completed", doc_b
-        doc_a = await wait_task(a, task_id, timeout=30)  # and through A: the same snapshot
+        doc_a = await wait_task(a.url, task_id, timeout=30)  # and through A: the same snapshot
         assert doc_a["results"] == doc_b["results"]
         assert (await emulator_stats(emulator))["total_requests"] - calls_before == len(files)
 
@@ -95,9 +95,9 @@ async def test_two_workers_share_one_bucket(
             assert local == [], local
 
         # The same edit submitted through B: every image is a cache hit, whoever owns it.
-        status, again = await submit(b, form(files, params={"prompt": "two workers, one bucket"}))
+        status, again = await submit(b.url, edit_form(files, params={"prompt": "two workers, one bucket"}))
         assert status == 202, again
-        doc2 = await wait_task(a, again["task_id"], timeout=60)
+        doc2 = await wait_task(a.url, again["task_id"], timeout=60)
         assert doc2["status"] == "completed", doc2
         assert all(r["from_cache"] for r in doc2["results"]), doc2["results"]
         assert [r["result_blob"] for r in doc2["results"]] == [r["result_blob"] for r in doc_b["results"]]
