@@ -13,6 +13,11 @@ the parser needs bytes far ahead (a TIFF IFD at the end of the file, the EXIF ch
 of a WebP after its bitstream), a ``Range`` request jumps there; a server that
 ignores Range (no ``206`` with a matching ``Content-Range``) is simply read on.
 
+Revalidation: :func:`revalidate_dimensions` sends the same GET with
+``If-None-Match`` / ``If-Modified-Since`` from an earlier fetch; a ``304 Not
+Modified`` is :class:`NotModified` (no body read), any other answer is read
+header-only exactly as above.
+
 Limits, all from :class:`config.settings.Settings`: one deadline for everything
 (DNS, connect, redirects, a server trickling bytes: ``dimension_timeout``), a byte
 cap (``dimension_max_bytes``), a redirect cap (``dimension_max_redirects``), and
@@ -44,10 +49,12 @@ from streams.errors import FetchError, InvalidImage, UnsupportedFormat
 __all__ = [
     "FetchOutcome",
     "HTTPStatusError",
+    "NotModified",
     "USER_AGENT",
     "fetch_dimensions",
     "make_session",
     "redact_url",
+    "revalidate_dimensions",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,6 +118,21 @@ class FetchOutcome:
         return ProbeResult(**{f.name: getattr(self, f.name) for f in fields(ProbeResult)})
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotModified:
+    """A conditional fetch answered ``304 Not Modified``: the size known before holds."""
+
+    url: str = field(repr=False)
+    final_url: str = field(repr=False)
+    #: Seconds, DNS to answer.
+    elapsed: float
+    #: Validators sent with the 304 (None when it sent none: keep the old ones).
+    etag: str | None
+    last_modified: str | None
+    status: int = 304
+    bytes_read: int = 0
+
+
 def make_session(settings: Settings, *, limit: int = 64, limit_per_host: int = 8) -> aiohttp.ClientSession:
     """The shared ClientSession for dimension fetches (call inside the running loop).
 
@@ -151,6 +173,47 @@ async def fetch_dimensions(
     ``session`` must come from :func:`make_session` (it carries the address guard);
     None makes (and closes) a session for this one call.
     """
+    outcome = await _fetch(session, url, settings=settings, chunk_size=chunk_size, range_threshold=range_threshold,
+                           orientation_budget=orientation_budget, conditions={})
+    assert isinstance(outcome, FetchOutcome)  # no conditions: never a 304
+    return outcome
+
+
+async def revalidate_dimensions(
+    session: aiohttp.ClientSession | None,
+    url: str,
+    *,
+    settings: Settings,
+    etag: str | None = None,
+    last_modified: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    range_threshold: int = DEFAULT_RANGE_THRESHOLD,
+    orientation_budget: int = DEFAULT_ORIENTATION_BUDGET,
+) -> FetchOutcome | NotModified:
+    """A conditional :func:`fetch_dimensions`: ``If-None-Match: etag`` and/or
+    ``If-Modified-Since: last_modified`` on the GET (and on each redirect hop).
+
+    :class:`NotModified` on a 304, else the new size read header-only as usual
+    (a server that ignores the conditions just answers 200)."""
+    conditions: dict[str, str] = {}
+    if etag:
+        conditions["If-None-Match"] = etag
+    if last_modified:
+        conditions["If-Modified-Since"] = last_modified
+    return await _fetch(session, url, settings=settings, chunk_size=chunk_size, range_threshold=range_threshold,
+                        orientation_budget=orientation_budget, conditions=conditions)
+
+
+async def _fetch(
+    session: aiohttp.ClientSession | None,
+    url: str,
+    *,
+    settings: Settings,
+    chunk_size: int,
+    range_threshold: int,
+    orientation_budget: int,
+    conditions: dict[str, str],
+) -> FetchOutcome | NotModified:
     own = session is None
     if session is None:
         session = make_session(settings)
@@ -158,7 +221,7 @@ async def fetch_dimensions(
         raise TypeError("fetch_dimensions needs a session from make_session() (guarded connector)")
     elif session.connector.guard.allowlist != tuple(settings.fetch_allowlist):
         raise ValueError("the session was made with another fetch_allowlist than these settings")
-    fetch = _Fetch(session, settings, chunk_size, range_threshold, orientation_budget)
+    fetch = _Fetch(session, settings, chunk_size, range_threshold, orientation_budget, conditions)
     try:
         async with asyncio.timeout(settings.dimension_timeout):
             return await fetch.run(url)
@@ -182,8 +245,11 @@ class _Fetch:
         chunk_size: int,
         range_threshold: int,
         orientation_budget: int,
+        conditions: dict[str, str] | None = None,
     ) -> None:
         self.session = session
+        #: If-None-Match / If-Modified-Since of a revalidation (empty: a plain fetch).
+        self.conditions = dict(conditions or {})
         self.settings = settings
         self.chunk_size = chunk_size
         self.range_threshold = range_threshold
@@ -216,7 +282,7 @@ class _Fetch:
         target = validate_url(url, self.settings.fetch_allowlist)
         hops = 0
         while True:
-            response = await self._get(target)
+            response = await self._get(target, self.conditions or None)
             if response.status not in _REDIRECTS:
                 break
             location = response.headers.get("Location")
@@ -235,6 +301,8 @@ class _Fetch:
                 raise FetchError("invalid_url", f"bad redirect Location from {redact_url(target)}") from None
             target = validate_url(following, self.settings.fetch_allowlist)
             log.debug("redirect %d to %s", hops, redact_url(target))
+        if response.status == 304 and self.conditions:
+            return target, response  # not modified: the caller reads no body
         if not 200 <= response.status < 300:
             response.close()
             raise HTTPStatusError(response.status, f"HTTP {response.status} from {redact_url(target)}")
@@ -261,9 +329,14 @@ class _Fetch:
         log.debug("no usable Range answer (HTTP %d) from %s", response.status, redact_url(url))
         return None
 
-    async def run(self, url: str) -> FetchOutcome:
+    async def run(self, url: str) -> FetchOutcome | NotModified:
         target, response = await self._open(url)
         first = response
+        if response.status == 304:
+            response.close()
+            return NotModified(url=url, final_url=str(target), elapsed=time.monotonic() - self.started,
+                               etag=response.headers.get("ETag"),
+                               last_modified=response.headers.get("Last-Modified"))
         parser = HeaderParser()
         max_bytes = self.settings.dimension_max_bytes
         etag = first.headers.get("ETag")

@@ -1,0 +1,236 @@
+"""Conditional header-only fetches (revalidation) against a real aiohttp server on
+127.0.0.1 that honours If-None-Match / If-Modified-Since (no mocks, no sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from config.settings import Settings
+from streams.dimensions.fetch import (
+    DEFAULT_CHUNK_SIZE,
+    FetchOutcome,
+    HTTPStatusError,
+    NotModified,
+    fetch_dimensions,
+    make_session,
+    revalidate_dimensions,
+)
+from tests.support import tiff_ifd_at_end
+
+LOCAL = Settings(fetch_allowlist=(ipaddress.ip_network("127.0.0.1/32"),), dimension_timeout=5.0)
+LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"
+PIECE = 64 * 1024
+
+
+@dataclass
+class Seen:
+    """One request as the origin saw it."""
+
+    path: str
+    headers: dict[str, str]
+    status: int = 0
+    sent: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class Resource:
+    body: bytes
+    etag: str | None = '"v1"'
+    last_modified: str | None = LAST_MODIFIED
+    conditional: bool = True  # False: the server ignores If-None-Match / If-Modified-Since
+
+
+class ConditionalServer:
+    """``/r/{name}``: 304 when a condition holds, else the body (Range honoured with If-Range)."""
+
+    def __init__(self) -> None:
+        self.resources: dict[str, Resource] = {}
+        self.log: list[Seen] = []
+        self.base = ""
+        self._runner: web.AppRunner | None = None
+
+    def url(self, name: str) -> str:
+        return f"{self.base}/r/{name}"
+
+    def seen(self, name: str) -> list[Seen]:
+        return [s for s in self.log if s.path == f"/r/{name}"]
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/r/{name}", self.resource)
+        app.router.add_get("/hop/{name}", self.hop)
+        app.router.add_get("/always-304", self.always_304)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+        sock.bind(("127.0.0.1", 0))
+        self.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        await web.SockSite(self._runner, sock).start()
+
+    async def stop(self) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def always_304(self, request: web.Request) -> web.Response:
+        return web.Response(status=304)
+
+    async def hop(self, request: web.Request) -> web.Response:
+        self.log.append(Seen(request.path, dict(request.headers), status=302))
+        raise web.HTTPFound(f"/r/{request.match_info['name']}")
+
+    def _not_modified(self, res: Resource, request: web.Request) -> bool:
+        if not res.conditional:
+            return False
+        inm = request.headers.get("If-None-Match")
+        if inm is not None:  # If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2)
+            return res.etag is not None and res.etag.removeprefix("W/") in {
+                tag.strip().removeprefix("W/") for tag in inm.split(",")}
+        ims = request.headers.get("If-Modified-Since")
+        return ims is not None and res.last_modified is not None and ims == res.last_modified
+
+    async def resource(self, request: web.Request) -> web.StreamResponse:
+        res = self.resources[request.match_info["name"]]
+        seen = Seen(request.path, dict(request.headers))
+        self.log.append(seen)
+        validators = {k: v for k, v in (("ETag", res.etag), ("Last-Modified", res.last_modified)) if v}
+        if self._not_modified(res, request):
+            seen.status = 304
+            seen.done.set()
+            return web.Response(status=304, headers=validators)
+        data, status = res.body, 200
+        headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes", **validators}
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("Range", ""))
+        if_range = request.headers.get("If-Range")
+        if match and (if_range is None or if_range in (res.etag, res.last_modified)):
+            start = int(match.group(1))
+            end = min(int(match.group(2) or len(data) - 1), len(data) - 1)
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            data, status = data[start:end + 1], 206
+        seen.status = status
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = len(data)
+        try:
+            await response.prepare(request)
+            for i in range(0, len(data), PIECE):
+                await response.write(data[i:i + PIECE])
+                seen.sent += len(data[i:i + PIECE])
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            seen.done.set()
+        return response
+
+
+def big_png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(out, "PNG", compress_level=0)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+async def origin() -> AsyncIterator[ConditionalServer]:
+    srv = ConditionalServer()
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture(scope="module")
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with make_session(LOCAL) as s:
+        yield s
+
+
+async def test_unchanged_etag_is_a_304_without_a_body(origin: ConditionalServer, session: aiohttp.ClientSession) -> None:
+    origin.resources["a.png"] = Resource(big_png(900, 600))
+    first = await fetch_dimensions(session, origin.url("a.png"), settings=LOCAL)
+    assert (first.width, first.height, first.etag, first.last_modified) == (900, 600, '"v1"', LAST_MODIFIED)
+    again = await revalidate_dimensions(session, origin.url("a.png"), settings=LOCAL,
+                                        etag=first.etag, last_modified=first.last_modified)
+    assert isinstance(again, NotModified)
+    assert (again.etag, again.last_modified, again.bytes_read, again.status) == ('"v1"', LAST_MODIFIED, 0, 304)
+    conditional = origin.seen("a.png")[-1]
+    assert conditional.headers["If-None-Match"] == '"v1"'
+    assert conditional.headers["If-Modified-Since"] == LAST_MODIFIED
+    assert conditional.status == 304 and conditional.sent == 0
+    assert "If-None-Match" not in origin.seen("a.png")[0].headers  # a plain fetch is unconditional
+
+
+async def test_changed_content_is_read_header_only(origin: ConditionalServer, session: aiohttp.ClientSession) -> None:
+    body = big_png(1200, 800)
+    origin.resources["b.png"] = Resource(body, etag='"v2"')
+    outcome = await revalidate_dimensions(session, origin.url("b.png"), settings=LOCAL, etag='"v1"')
+    assert isinstance(outcome, FetchOutcome)
+    assert (outcome.width, outcome.height, outcome.etag, outcome.status) == (1200, 800, '"v2"', 200)
+    assert outcome.bytes_read <= DEFAULT_CHUNK_SIZE < len(body) // 50
+    seen = origin.seen("b.png")[-1]
+    await asyncio.wait_for(seen.done.wait(), 5)
+    assert seen.sent < len(body) // 2, "the connection is closed, not drained"
+
+
+async def test_last_modified_alone_revalidates(origin: ConditionalServer, session: aiohttp.ClientSession) -> None:
+    origin.resources["c.png"] = Resource(big_png(40, 30), etag=None)
+    outcome = await revalidate_dimensions(session, origin.url("c.png"), settings=LOCAL, last_modified=LAST_MODIFIED)
+    assert isinstance(outcome, NotModified) and outcome.etag is None
+    seen = origin.seen("c.png")[-1]
+    assert "If-None-Match" not in seen.headers and seen.headers["If-Modified-Since"] == LAST_MODIFIED
+
+
+async def test_weak_etags_match(origin: ConditionalServer, session: aiohttp.ClientSession) -> None:
+    origin.resources["w.png"] = Resource(big_png(40, 30), etag='W/"weak"')
+    first = await fetch_dimensions(session, origin.url("w.png"), settings=LOCAL)
+    assert first.etag == 'W/"weak"'
+    again = await revalidate_dimensions(session, origin.url("w.png"), settings=LOCAL, etag=first.etag)
+    assert isinstance(again, NotModified)
+
+
+async def test_a_server_ignoring_conditions_just_answers_the_size(
+    origin: ConditionalServer, session: aiohttp.ClientSession
+) -> None:
+    origin.resources["d.png"] = Resource(big_png(64, 48), conditional=False)
+    outcome = await revalidate_dimensions(session, origin.url("d.png"), settings=LOCAL, etag='"v1"')
+    assert isinstance(outcome, FetchOutcome) and (outcome.width, outcome.height) == (64, 48)
+
+
+async def test_conditions_follow_redirects(origin: ConditionalServer, session: aiohttp.ClientSession) -> None:
+    origin.resources["e.png"] = Resource(big_png(50, 50))
+    outcome = await revalidate_dimensions(session, f"{origin.base}/hop/e.png", settings=LOCAL, etag='"v1"')
+    assert isinstance(outcome, NotModified)
+    assert outcome.final_url == origin.url("e.png") and outcome.url == f"{origin.base}/hop/e.png"
+
+
+async def test_range_jumps_of_a_changed_file_are_not_conditional(
+    origin: ConditionalServer, session: aiohttp.ClientSession
+) -> None:
+    """A TIFF whose IFD lies at the end: the Range request carries If-Range, never
+    If-None-Match (which would answer the Range with a 304)."""
+    body = tiff_ifd_at_end(3000, 1000)
+    origin.resources["f.tiff"] = Resource(body, etag='"v2"')
+    outcome = await revalidate_dimensions(session, origin.url("f.tiff"), settings=LOCAL, etag='"v1"')
+    assert isinstance(outcome, FetchOutcome)
+    assert (outcome.width, outcome.height, outcome.status) == (3000, 1000, 206)
+    assert outcome.range_requests >= 1 and outcome.bytes_read <= DEFAULT_CHUNK_SIZE + 4096
+    ranged = [s for s in origin.seen("f.tiff") if "Range" in s.headers]
+    assert ranged and all("If-None-Match" not in s.headers and s.headers["If-Range"] == '"v2"' for s in ranged)
+
+
+async def test_an_unasked_304_is_an_http_error(origin: ConditionalServer, session: aiohttp.ClientSession) -> None:
+    """Without conditions a 304 is no answer (a misbehaving proxy may send one)."""
+    with pytest.raises(HTTPStatusError) as info:
+        await fetch_dimensions(session, f"{origin.base}/always-304", settings=LOCAL)
+    assert info.value.http_status == 304
