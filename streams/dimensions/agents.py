@@ -10,7 +10,17 @@
     imagestream-dimension-updates ──apply_dimension_updates──▶ dimensions + scene_sizes tables
                                                           └──▶ dimension-results (fetched / failed)
 
-Answers never wait on a fetch.  Fetches are deduplicated twice: each worker
+Answers never wait on a fetch.  Failed fetches are remembered (the negative
+cache): ``url_dimensions`` keeps the failure for ``dimension_failure_ttl`` seconds
+(permanent: 404, not an image, ...) or ``dimension_transient_failure_ttl``
+(timeouts, 5xx), jobs for the URL meanwhile are answered from it without a request
+to the origin, and the failure updates teach the keys' owners
+(:data:`remembered_failures`) to answer requests for the URL at once with the
+placeholder and the error, without a job.  ``refresh=true`` bypasses both.  An
+expired size with an ETag / Last-Modified is revalidated with a conditional GET:
+a 304 renews it without reading the body.
+
+  Fetches are deduplicated twice: each worker
 remembers for a few seconds which (URL, key) it has already enqueued
 (:data:`recent_enqueues`), and the fetch agent, which owns the URL's partition,
 runs one fetch per URL however many jobs arrive meanwhile (later jobs join its
@@ -30,7 +40,7 @@ import faust
 from streams.app import app, settings
 from streams.deadletter import dead_letter
 from streams.dimensions import service
-from streams.dimensions.fetch import fetch_dimensions, redact_url
+from streams.dimensions.fetch import HTTPStatusError, NotModified, fetch_dimensions, redact_url, revalidate_dimensions
 from streams.dimensions.models import (
     DimensionEntry,
     DimensionRequest,
@@ -62,6 +72,7 @@ __all__ = [
     "lookup",
     "placeholder_for",
     "recent_enqueues",
+    "remembered_failures",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +88,8 @@ ENQUEUE_DEDUPE_SECONDS = settings.dimension_timeout + 5.0
 THREAD_THRESHOLD = 256 * 1024
 #: How long a scene's smart placeholder is reused before the table is read again.
 PLACEHOLDER_MEMO_SECONDS = 1.0
+#: Broken URLs one worker remembers for the keys it owns (oldest forgotten first).
+REMEMBERED_FAILURES_MAX = 100_000
 
 #: (URL, key, refresh) enqueued by this worker recently: the first gate of the dedupe.
 recent_enqueues: service.RecentSet[tuple[str, str, bool]] = service.RecentSet(ENQUEUE_DEDUPE_SECONDS)
@@ -84,6 +97,8 @@ recent_enqueues: service.RecentSet[tuple[str, str, bool]] = service.RecentSet(EN
 _pending: service.PendingFetches[faust.EventT] = service.PendingFetches(
     stale_after=settings.dimension_timeout * 3 + 5.0
 )
+#: URL → failure remembered until: requests for it are answered at once, no job.
+remembered_failures = service.RememberedFailures(max_size=REMEMBERED_FAILURES_MAX)
 _placeholder_memo: dict[str, tuple[float, tuple[int, int]]] = {}
 
 for _name, _help in {
@@ -97,6 +112,12 @@ for _name, _help in {
     "dimension_fetches_coalesced_total": "Fetch jobs that joined a fetch already in flight",
     "dimension_url_cache_hits_total": "Fetch jobs answered from url_dimensions without fetching",
     "dimension_fetch_failures_total": "Failed header fetches, by reason",
+    "dimension_negative_cache_hits_total":
+        "Requests answered at once with a remembered fetch failure (placeholder + error), by reason",
+    "dimension_url_negative_hits_total":
+        "Fetch jobs answered from a failure remembered in url_dimensions, without a request, by reason",
+    "dimension_failures_remembered_total": "Fetch failures written to url_dimensions, by kind (permanent|transient)",
+    "dimension_revalidations_total": "Conditional GETs of expired URL entries, by result (not_modified|modified|failed)",
     "dimension_bytes_read_total": "Body bytes read by header fetches",
     "dimension_anomalies_total": "Sizes flagged as anomalous (not cached)",
     "dimension_stale_updates_total": "Updates older than the entry they would replace (ignored)",
@@ -203,6 +224,13 @@ async def answer(req: DimensionRequest, *, via: str) -> DimensionResult | None:
         return service.result_from_entry(req.session_id, req.resource, req.scene, entry)
     if req.url is None:
         return None
+    failure = None if req.refresh else remembered_failures.get(req.url)
+    if failure is not None:
+        # A broken URL (the negative cache): no fetch job until the failure expires.
+        metrics.inc("dimension_negative_cache_hits_total", reason=failure.code)
+        metrics.inc("dimension_placeholders_total")
+        metrics.inc("dimension_requests_total", source="placeholder", via=via)
+        return service.placeholder_result(req, placeholder_for(req.scene), error=failure)
     metrics.inc("dimension_cache_misses_total")
     metrics.inc("dimension_placeholders_total")
     metrics.inc("dimension_requests_total", source="placeholder", via=via)
@@ -326,11 +354,23 @@ async def _publish(updates: list[DimensionUpdate]) -> list[Any]:
     return [await dimension_updates_topic.send(key=key_of(u), value=u) for u in updates]
 
 
-async def _run_fetch(url: str, pending: service.Pending[faust.EventT]) -> None:
-    """One header fetch; its outcome goes to url_dimensions and to every waiter."""
+def _write_url_entry(url: str, pending: service.Pending[faust.EventT], entry: UrlEntry) -> None:
+    """Into url_dimensions, in the context of a held job (the URL's partition)."""
+    if pending.holds and _still_assigned(pending.holds[0]):
+        with event_context(pending.holds[0]):
+            url_dimensions[url] = entry
+
+
+async def _run_fetch(url: str, pending: service.Pending[faust.EventT], previous: UrlEntry | None = None) -> None:
+    """One header fetch; its outcome goes to url_dimensions and to every waiter.
+
+    ``previous``: the URL's entry, when it is to be revalidated (a conditional GET;
+    a 304 renews it).  Otherwise (and for ``refresh``) an unconditional GET."""
     fetch_gate, held = _gates()
     entry: UrlEntry | None = None
     error: ErrorInfo | None = None
+    http_status: int | None = None
+    retry_at = 0.0
     flagged: str | None = None
     outcome: Any = None
     try:
@@ -338,28 +378,52 @@ async def _run_fetch(url: str, pending: service.Pending[faust.EventT]) -> None:
             fetched_at = time.time()  # the fetch's start: a later start always wins
             metrics.inc("dimension_fetches_total")
             try:
-                outcome = await fetch_dimensions(runtime().guarded_http, url, settings=settings)
+                if previous is not None:
+                    outcome = await revalidate_dimensions(runtime().guarded_http, url, settings=settings,
+                                                          etag=previous.etag, last_modified=previous.last_modified)
+                else:
+                    outcome = await fetch_dimensions(runtime().guarded_http, url, settings=settings)
             except FetchError as exc:
                 error = ErrorInfo(code=exc.reason, message=exc.message)
+                http_status = exc.http_status if isinstance(exc, HTTPStatusError) else None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a bug in one fetch fails that fetch only
                 log.exception("dimension fetch of %s crashed", redact_url(url))
                 error = ErrorInfo(code="internal_error", message=f"{type(exc).__name__}")
-        if outcome is not None:
+        if previous is not None:
+            result = "failed" if outcome is None else "not_modified" if isinstance(outcome, NotModified) else "modified"
+            metrics.inc("dimension_revalidations_total", result=result)
+        if isinstance(outcome, NotModified):
+            assert previous is not None
+            entry = service.revalidated_entry(previous, fetched_at=fetched_at, etag=outcome.etag,
+                                              last_modified=outcome.last_modified)
+            _write_url_entry(url, pending, entry)
+        elif outcome is not None:
             metrics.inc("dimension_bytes_read_total", outcome.bytes_read)
             entry = _url_entry(outcome, url, fetched_at)
             flagged = service.anomaly(entry.width, entry.height)
             if flagged is not None:
                 metrics.inc("dimension_anomalies_total", source="fetched")
                 log.warning("anomalous size %dx%d at %s: not cached", entry.width, entry.height, redact_url(url))
-            elif pending.holds and _still_assigned(pending.holds[0]):
-                with event_context(pending.holds[0]):  # the URL's partition
-                    url_dimensions[url] = entry
+            else:
+                _write_url_entry(url, pending, entry)
         else:
             assert error is not None
             metrics.inc("dimension_fetch_failures_total", reason=error.code)
             log.warning("dimension fetch failed (%s): %s", error.code, error.message)
+            if pending.holds and _still_assigned(pending.holds[0]):
+                with event_context(pending.holds[0]):  # the URL's partition
+                    failed = service.remember_failure(
+                        url_dimensions.get(url), url, error, http_status=http_status, now=time.time(),
+                        permanent_ttl=settings.dimension_failure_ttl,
+                        transient_ttl=settings.dimension_transient_failure_ttl, url_ttl=settings.dimension_url_ttl,
+                    )
+                    if failed is not None:
+                        url_dimensions[url] = failed
+                        retry_at = failed.retry_at
+                        kind = "permanent" if service.failure_is_permanent(error.code, http_status) else "transient"
+                        metrics.inc("dimension_failures_remembered_total", kind=kind)
     except asyncio.CancelledError:
         _pending.finish(url, pending)
         raise
@@ -374,9 +438,8 @@ async def _run_fetch(url: str, pending: service.Pending[faust.EventT]) -> None:
             if flagged is not None:
                 update = DimensionUpdate(**{**update.asdict(), "flagged": flagged})
         else:
-            update = DimensionUpdate(session_id=waiter.session_id, resource=waiter.resource, scene=waiter.scene,
-                                     url=url, requested_at=waiter.requested_at, source="fetched",
-                                     fetched_at=time.time(), error=error)
+            assert error is not None
+            update = service.failed_update(url, waiter, error, at=time.time(), retry_at=retry_at)
         updates.append(update)
     try:
         sends = await _publish(updates)
@@ -386,27 +449,36 @@ async def _run_fetch(url: str, pending: service.Pending[faust.EventT]) -> None:
     await _deliver_then_ack(sends, done.holds, held)
 
 
+def _spawn(coro: Any) -> None:
+    task = asyncio.create_task(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
 async def _handle_job(event: faust.EventT, job: FetchJob, held: asyncio.Semaphore) -> None:
     if job.url in _pending:
         _pending.join(job.url, job.waiters, event, refresh=job.refresh)
         metrics.inc("dimension_fetches_coalesced_total")
         return
-    if not job.refresh:
-        entry = url_dimensions.get(job.url)  # in the event's context: the URL's partition
-        if service.url_entry_fresh(entry, now=time.time(), ttl=settings.dimension_url_ttl):
-            assert entry is not None
+    entry = url_dimensions.get(job.url)  # in the event's context: the URL's partition
+    now = time.time()
+    plan = service.plan_fetch(entry, refresh=job.refresh, now=now, ttl=settings.dimension_url_ttl)
+    if plan == service.CACHED or plan == service.FAILED:
+        assert entry is not None
+        if plan == service.CACHED:
             metrics.inc("dimension_url_cache_hits_total")
             updates = [service.update_from_url_entry(entry, w, source="cache") for w in job.waiters]
-            sends = await _publish(updates)
-            task = asyncio.create_task(_deliver_then_ack(sends, [event], held))
-            _tasks.add(task)
-            task.add_done_callback(_tasks.discard)
-            return
+        else:
+            assert entry.error is not None
+            metrics.inc("dimension_url_negative_hits_total", reason=entry.error.code)
+            updates = [service.failed_update(job.url, w, entry.error, at=now, retry_at=entry.retry_at)
+                       for w in job.waiters]
+        sends = await _publish(updates)
+        _spawn(_deliver_then_ack(sends, [event], held))
+        return
     pending = _pending.join(job.url, job.waiters, event, refresh=job.refresh)
     assert pending is not None
-    task = asyncio.create_task(_run_fetch(job.url, pending))
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
+    _spawn(_run_fetch(job.url, pending, entry if plan == service.REVALIDATE else None))
 
 
 @app.agent(dimension_fetch_topic)
@@ -462,6 +534,10 @@ async def apply_dimension_updates(stream: faust.StreamT[bytes]) -> None:
             # key run on this worker, as they route by the same key.
             recent_enqueues.release((update.url, key, False))
             recent_enqueues.release((update.url, key, True))
+            if update.error is not None and update.retry_at > 0:
+                remembered_failures.remember(update.url, update.error, update.retry_at)
+            elif update.error is None and update.flagged is None:
+                remembered_failures.forget(update.url)  # it works now (e.g. after a refresh)
         try:
             notify = update.notify
             if update.error is None and update.flagged is None:
