@@ -261,3 +261,43 @@ async def test_an_expired_entry_is_revalidated_304_keeps_it_200_reprobes(
     assert (await get_dims(worker, **first_key, url=url))["width"] == 640
     m = await metrics(worker)
     assert m.get('imagestream_dimension_revalidations_total{result="modified"}', 0) >= 1
+
+
+# ------------------------------------------------------------------------- restart
+@pytest.mark.slow
+async def test_a_remembered_failure_survives_a_hard_kill(
+    kafka_bootstrap: str, emulator: Emulator, origin: ConditionalServer, tmp_path: Path
+) -> None:
+    """The failure lives in url_dimensions (RocksDB + changelog): after ``kill -9``
+    the workers' memory is empty, yet the origin is not asked again."""
+    app_id = f"imagestream-negkill-{uuid.uuid4().hex[:8]}"
+    data_dir = tmp_path / "data"
+    env = {"IMAGESTREAM_DIMENSION_FAILURE_TTL": str(PERMANENT_TTL)}
+    own = start_worker("negcache-kill-worker", kafka_bootstrap=kafka_bootstrap, emulator=emulator,
+                       data_dir=data_dir, app_id=app_id, extra_env=env)
+    try:
+        path = name()
+        origin.resources[path] = Resource(b"", status=410)
+        url, key = origin.url(path), ids()
+        await get_dims(own, **key, url=url)
+
+        async def remembered() -> bool:
+            return failed_with("http_status")(await get_dims(own, **key, url=url))
+
+        await until(remembered, "the 410 to be remembered")
+        own.proc.kill()
+        own = start_worker("negcache-kill-worker", kafka_bootstrap=kafka_bootstrap, emulator=emulator,
+                           data_dir=data_dir, app_id=app_id, extra_env=env)
+        other = ids()
+        first = await get_dims(own, **other, url=url)  # this worker's memory is empty: one job
+        assert first["source"] == "placeholder"
+
+        async def answered_from_the_table() -> bool:
+            return failed_with("http_status")(await get_dims(own, **other, url=url))
+
+        await until(answered_from_the_table, "the failure from the recovered url table")
+        assert origin.count(path) == 1
+        series = 'imagestream_dimension_url_negative_hits_total{reason="http_status"}'
+        assert (await metrics(own)).get(series, 0) >= 1
+    finally:
+        own.proc.stop()
