@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 import faust
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
 from streams.app import app, settings
@@ -31,6 +33,8 @@ __all__ = [
     "image_edit_results_topic",
     "image_edit_task_status_topic",
     "task_updates_topic",
+    "topics_declared",
+    "track_in_producer_metadata",
 ]
 
 
@@ -84,21 +88,68 @@ ALL_TOPICS: tuple[faust.TopicT, ...] = (
 )
 
 
+#: Set once every topic exists; the worker is not ready (``/healthz``) before.
+topics_declared = asyncio.Event()
+
+
+def track_in_producer_metadata(client: AIOKafkaClient, names: Iterable[str]) -> None:
+    """Make the producer's client ask for these topics in every metadata refresh.
+
+    aiokafka tracks a topic only when a send finds it missing from its metadata.  A
+    refresh made while nothing is tracked fetches *every* topic (Faust's topic
+    creation makes one), so sends to existing topics then track nothing.  The first
+    send to a topic that does not exist yet (a produced-only topic before it is
+    created) makes the tracked set just that topic, the next refresh forgets all the
+    others, and a batch already queued for one of them has no leader: the sender
+    loops on metadata requests at full CPU until the batch expires
+    (``producer_request_timeout``, 20 min in Faust), and whatever awaits it (a flush,
+    an ack) hangs with it.  Seen here on a worker's first seconds.  Tracking every
+    topic the worker writes to, as soon as it exists, keeps them all in every refresh
+    (tracking one before it exists would log an error on every refresh until then).
+    """
+    for name in names:
+        client.add_topic(name)
+
+
+def produced_topic_names() -> list[str]:
+    """Every topic this worker writes to: ours and the tables' changelogs."""
+    return [t.get_topic_name() for t in ALL_TOPICS] + [
+        table.changelog_topic.get_topic_name() for table in app.tables.values()
+    ]
+
+
 @app.task
 async def declare_topics() -> None:
-    """Create every topic (idempotent) before agents produce to them.
+    """Create every topic (idempotent) before agents produce to them, and have the
+    producer track each in its metadata as soon as it exists.
 
     Retried with backoff while the broker is unreachable: a broker restart in the
     first seconds of a worker must not crash it (agents wait on the topics meanwhile).
     """
+    producer = getattr(app.producer, "_producer", None)  # faust's aiokafka driver keeps it here
+    client: AIOKafkaClient | None = getattr(producer, "client", None)
+    wanted = produced_topic_names()
+    if client is None:
+        log.warning("producer not started before declare_topics: its metadata tracks topics only as sent")
+    else:
+        try:  # the ones that exist already (changelogs, consumed topics) at once
+            existing = (await client.fetch_all_metadata()).topics()
+            track_in_producer_metadata(client, [name for name in wanted if name in existing])
+        except KafkaError as exc:
+            log.warning("listing topics failed (%r); tracking them once created", exc)
     pending = list(ALL_TOPICS)
     delay = 0.5
     while pending:
         try:
             await pending[0].maybe_declare()
+            if client is not None:
+                track_in_producer_metadata(client, [pending[0].get_topic_name()])
             pending.pop(0)
             delay = 0.5
         except KafkaError as exc:
             log.warning("creating topic %s failed (%r); retrying in %.1fs", pending[0].get_topic_name(), exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+    if client is not None:
+        track_in_producer_metadata(client, wanted)  # changelogs, should one have been missing above
+    topics_declared.set()

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from streams.app import app, settings
 from streams.errors import ImagestreamError
+from streams.topics import topics_declared
 
 __all__ = ["Readiness", "authorized", "error_response", "readiness"]
 
@@ -32,7 +33,8 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> web.Re
 
 
 class Readiness:
-    """Whether this worker has its partitions and its tables are recovered.
+    """Whether this worker has its partitions, its tables are recovered and every
+    topic it writes to exists.
 
     Faust serves web views before the consumer has joined the group; views that
     route to a table owner must say 503 until then (``table_route`` fails with an
@@ -55,6 +57,7 @@ class Readiness:
             and not self.app.rebalancing
             and not recovery.in_recovery
             and recovery.completed.is_set()
+            and topics_declared.is_set()
         )
 
     def describe(self) -> dict[str, Any]:
@@ -63,6 +66,7 @@ class Readiness:
             "status": "ok" if self.ready else "starting",
             "rebalancing": bool(self.app.rebalancing),
             "in_recovery": bool(self.app.tables.recovery.in_recovery),
+            "topics_declared": topics_declared.is_set(),
             "assigned_partitions": len(assignment),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
