@@ -20,8 +20,8 @@ placeholder and the error, without a job.  ``refresh=true`` bypasses both.  An
 expired size with an ETag / Last-Modified is revalidated with a conditional GET:
 a 304 renews it without reading the body.
 
-  Fetches are deduplicated twice: each worker
-remembers for a few seconds which (URL, key) it has already enqueued
+Fetches are deduplicated twice: each worker remembers for a few seconds which
+(URL, key) it has already enqueued
 (:data:`recent_enqueues`), and the fetch agent, which owns the URL's partition,
 runs one fetch per URL however many jobs arrive meanwhile (later jobs join its
 waiters).  Fetches run as background tasks under a per-worker cap; each job's

@@ -46,7 +46,8 @@ def _table(name: str, value_type: type, help_text: str):  # type: ignore[no-unty
 #: session_id|resource|scene → DimensionEntry (latest fetched_at wins).
 dimensions = _table("dimensions", DimensionEntry, "Image sizes per session, resource and scene.")
 
-#: URL → UrlEntry (size, ETag/Last-Modified, fetched_at; TTL checked at read).
+#: URL → UrlEntry (size, ETag/Last-Modified, fetched_at; TTL checked at read, then
+#: revalidated), or the URL's last failure until its retry_at (the negative cache).
 url_dimensions = _table("url_dimensions", UrlEntry, "Image sizes per URL, shared by sessions.")
 
 #: scene|partition → SceneSizes (bounded counts of real sizes: the smart placeholder).
