@@ -203,7 +203,7 @@ async def test_placeholder_is_answered_before_the_fetch_ends(worker: Worker, ima
     assert images.count(url) == 1
 
 
-async def test_http_error_is_not_cached_and_the_next_request_retries(
+async def test_http_404_is_remembered_and_refresh_fetches_again(
     worker: Worker, images: ImageServer, kafka_bootstrap: str
 ) -> None:
     url, served = images.add(b"", status=404)
@@ -216,16 +216,24 @@ async def test_http_error_is_not_cached_and_the_next_request_retries(
     assert failed[0]["error"]["code"] == "http_status"
     assert (failed[0]["width"], failed[0]["height"]) == PLACEHOLDER
     assert images.count(url) == 1
-    # not cached, and the next request fetches again
-    status, second = await get_dims(worker, **key, url=url)
-    assert second["source"] == "placeholder"
-    await wait_for(lambda: _async(images.count(url) >= 2), timeout=20, what="a second fetch after the failure")
-    # the server recovers: the size arrives
+    # A 404 is a permanent failure: remembered (IMAGESTREAM_DIMENSION_FAILURE_TTL), so the
+    # next request is answered at once with the placeholder and the error, no new fetch.
+    await wait_for(lambda: _remembered(worker, key, url), timeout=20, what="the remembered 404")
+    assert images.count(url) == 1
+    # the server recovers: refresh=true skips the remembered failure and the size arrives
     served.status, served.body = 200, png(30, 20)
+    status, refreshed = await get_dims(worker, **key, url=url, refresh="true")
+    assert status == 200
     await wait_for(lambda: _retry_until_cached(worker, key, url), timeout=30, what="the size after recovery")
+    assert images.count(url) == 2
     metrics = await stats(worker)
     if metrics is not None:
-        assert metrics.get('imagestream_dimension_fetch_failures_total{reason="http_status"}', 0) >= 2
+        assert metrics.get('imagestream_dimension_fetch_failures_total{reason="http_status"}', 0) >= 1
+
+
+async def _remembered(worker: Worker, key: dict[str, str], url: str) -> bool:
+    status, body = await get_dims(worker, **key, url=url)
+    return status == 200 and body["source"] == "placeholder" and (body.get("error") or {}).get("code") == "http_status"
 
 
 async def _retry_until_cached(worker: Worker, key: dict[str, str], url: str) -> bool:
