@@ -11,7 +11,6 @@ import asyncio
 import base64
 import contextlib
 import io
-import json
 import os
 import subprocess
 import time
@@ -29,13 +28,13 @@ from tests.support import (
     REPO,
     Emulator,
     Worker,
+    edit_form,
     free_port,
+    get_json,
     start_emulator,
     start_worker,
-    wait_for,
 )
 
-TERMINAL = {"completed", "partial", "failed"}
 PROMPT = "reliability: sharpen the details"
 
 
@@ -63,74 +62,17 @@ def b64(data: bytes) -> str:
 # --- HTTP ---------------------------------------------------------------------------------
 def form(files: list[tuple[str, bytes]], *, edit_type: str = "enhance", prompt: str | None = PROMPT,
          params: dict[str, Any] | None = None) -> aiohttp.FormData:
-    data = aiohttp.FormData()
-    for name, blob in files:
-        data.add_field("images", blob, filename=name, content_type="application/octet-stream")
-    data.add_field("edit_type", edit_type)
+    """A submit form whose ``edit_params`` (always sent) carry ``prompt`` unless it is None."""
     edit_params = dict(params or {})
     if prompt is not None:
         edit_params["prompt"] = prompt
-    data.add_field("edit_params", json.dumps(edit_params))
-    return data
-
-
-def auth(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-async def submit(url: str, data: aiohttp.FormData, token: str | None = None) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{url}/api/v1/image-edit/submit", data=data, headers=auth(token)) as resp:
-            return resp.status, await resp.json()
-
-
-async def get_json(url: str, token: str | None = None, timeout: float = 10) -> tuple[int, Any]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        async with session.get(url, headers=auth(token)) as resp:
-            try:
-                body = await resp.json(content_type=None)
-            except ValueError:
-                body = None
-            return resp.status, body
-
-
-async def get_task(url: str, task_id: str, token: str | None = None) -> tuple[int, Any]:
-    return await get_json(f"{url}/api/v1/image-edit/task/{task_id}", token)
-
-
-async def wait_task(url: str, task_id: str, timeout: float = 90, token: str | None = None) -> dict[str, Any]:
-    async def done() -> dict[str, Any] | None:
-        status, doc = await get_task(url, task_id, token)
-        return doc if status == 200 and doc["status"] in TERMINAL else None
-
-    return await wait_for(done, timeout=timeout, interval=0.1, what=f"task {task_id} to finish")
+    return edit_form(files, edit_type=edit_type, params=edit_params)
 
 
 async def worker_stats(worker: Worker, token: str | None = None) -> dict[str, Any]:
     status, body = await get_json(f"{worker.url}/api/v1/stats", token)
     assert status == 200, body
     return body
-
-
-# --- emulator -----------------------------------------------------------------------------
-async def emu_stats(emulator: Emulator) -> dict[str, Any]:
-    status, body = await get_json(f"{emulator.base_url}/_emulator/stats")
-    assert status == 200
-    return body
-
-
-async def emu_config(emulator: Emulator, **config: Any) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{emulator.base_url}/_emulator/config", json=config) as resp:
-            body = await resp.json()
-            assert resp.status == 200, body
-            return body
-
-
-async def emu_reset(emulator: Emulator) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{emulator.base_url}/_emulator/reset") as resp:
-            assert resp.status == 200
 
 
 # --- processes ----------------------------------------------------------------------------

@@ -11,16 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.reliability.conftest import (
-    Fleet,
-    b64,
-    emu_stats,
-    form,
-    make_png,
-    unique_app_id,
-    wait_task,
-)
-from tests.support import wait_for
+from tests.reliability.conftest import Fleet, b64, form, make_png, unique_app_id
+from tests.support import emulator_stats, wait_for, wait_task
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +58,7 @@ async def test_every_api_route_needs_the_token_and_secrets_stay_out_of_logs(flee
     doc = await wait_task(worker.url, task_id, token=token)
     assert doc["status"] == "completed", doc
     result = doc["results"][0]
-    assert (await emu_stats(emulator))["results_served"] >= 1  # the signed URL was fetched
+    assert (await emulator_stats(emulator))["results_served"] >= 1  # the signed URL was fetched
     sha = result["result_blob"]
 
     routes: list[tuple[str, str, Any]] = [

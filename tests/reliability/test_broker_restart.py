@@ -14,19 +14,8 @@ import uuid
 
 import pytest
 
-from tests.reliability.conftest import (
-    TERMINAL,
-    Fleet,
-    PrivateBroker,
-    emu_stats,
-    form,
-    get_json,
-    make_png,
-    submit,
-    unique_app_id,
-    wait_task,
-)
-from tests.support import wait_for
+from tests.reliability.conftest import Fleet, PrivateBroker, form, make_png, unique_app_id
+from tests.support import TERMINAL, emulator_stats, get_json, submit, wait_for, wait_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -54,7 +43,7 @@ async def test_worker_reconnects_after_broker_restart_and_every_task_ends(
     ids = [doc["task_id"] for _, doc in accepted]
 
     async def calls_in_flight() -> bool:
-        return (await emu_stats(emulator))["in_flight"] > 0
+        return (await emulator_stats(emulator))["in_flight"] > 0
 
     await wait_for(calls_in_flight, timeout=60, what="upstream calls in flight")
     stopped = time.monotonic()

@@ -21,18 +21,8 @@ import uuid
 
 import pytest
 
-from tests.reliability.conftest import (
-    TERMINAL,
-    Fleet,
-    emu_config,
-    emu_stats,
-    form,
-    make_png,
-    submit,
-    unique_app_id,
-    wait_task,
-    worker_stats,
-)
+from tests.reliability.conftest import Fleet, form, make_png, unique_app_id, worker_stats
+from tests.support import TERMINAL, emulator_config, emulator_stats, submit, wait_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,7 +35,7 @@ BURST = 4  # the worker's limiter: burst = max(1, int(rps))
 
 async def test_fault_storm_every_task_ends_retries_bounded_rate_capped(fleet: Fleet) -> None:
     emulator = fleet.emulator(name="rel-storm-emulator")
-    await emu_config(emulator, latency="lognormal:0.25,0.8", rate_429=0.3, rate_500=0.1, rate_drop=0.05,
+    await emulator_config(emulator, latency="lognormal:0.25,0.8", rate_429=0.3, rate_500=0.1, rate_drop=0.05,
                      seed=20260707)
     worker = await fleet.worker("rel-storm-worker", emulator=emulator, app_id=unique_app_id("storm"),
                                 partitions=2, extra_env={"IMAGESTREAM_UPSTREAM_RPS": str(RPS)})
@@ -56,7 +46,7 @@ async def test_fault_storm_every_task_ends_retries_bounded_rate_capped(fleet: Fl
 
     async def sample() -> None:
         while not stop.is_set():
-            samples.append((time.monotonic(), (await emu_stats(emulator))["total_requests"]))
+            samples.append((time.monotonic(), (await emulator_stats(emulator))["total_requests"]))
             await asyncio.sleep(0.2)
 
     sampler = asyncio.create_task(sample())
@@ -71,7 +61,7 @@ async def test_fault_storm_every_task_ends_retries_bounded_rate_capped(fleet: Fl
         stop.set()
         await sampler
     elapsed = time.monotonic() - started
-    final = await emu_stats(emulator)
+    final = await emulator_stats(emulator)
     wstats = await worker_stats(worker)
 
     results = [r for d in docs for r in d["results"]]
@@ -132,13 +122,13 @@ def _worst_window(samples: list[tuple[float, int]]) -> tuple[float, int, float]:
 
 async def test_dropped_connection_is_not_resent_behind_the_limiter(fleet: Fleet) -> None:
     emulator = fleet.emulator(name="rel-drop-emulator")
-    await emu_config(emulator, latency="none", rate_drop=1.0)
+    await emulator_config(emulator, latency="none", rate_drop=1.0)
     worker = await fleet.worker("rel-drop-worker", emulator=emulator, app_id=unique_app_id("drop"),
                                 extra_env={"IMAGESTREAM_UPSTREAM_BACKOFF_BASE": "0.05"})
     status, accepted = await submit(worker.url, form([("d.png", make_png(uuid.uuid4().int % 50000))]))
     assert status == 202, accepted
     doc = await wait_task(worker.url, accepted["task_id"], timeout=120)
-    final = await emu_stats(emulator)
+    final = await emulator_stats(emulator)
     calls = (await worker_stats(worker))["upstream"]["calls"]
     print(f"\nalways-dropped image: {doc['results'][0].get('error')}; emulator requests {final['total_requests']}, "
           f"worker attempts {calls}")

@@ -34,18 +34,8 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from tests.reliability.conftest import (
-    Fleet,
-    b64,
-    form,
-    get_json,
-    make_png,
-    rss_kib,
-    submit,
-    unique_app_id,
-    wait_task,
-)
-from tests.support import TopicReader, Worker, jkey
+from tests.reliability.conftest import Fleet, b64, form, make_png, rss_kib, unique_app_id
+from tests.support import TopicReader, Worker, get_json, jkey, submit, wait_task
 
 pytestmark = pytest.mark.integration
 

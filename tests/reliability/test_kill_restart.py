@@ -26,18 +26,8 @@ from urllib.parse import urlparse
 import pytest
 from PIL import Image
 
-from tests.reliability.conftest import (
-    Fleet,
-    ImageServer,
-    emu_stats,
-    form,
-    get_json,
-    make_png,
-    submit,
-    unique_app_id,
-    wait_task,
-)
-from tests.support import TopicReader, wait_for
+from tests.reliability.conftest import Fleet, ImageServer, form, make_png, unique_app_id
+from tests.support import TopicReader, emulator_stats, get_json, submit, wait_for, wait_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,10 +58,10 @@ async def test_task_survives_two_hard_kills(fleet: Fleet) -> None:
         task_id = accepted["task_id"]
 
         for round_no in range(2):
-            before_requests = (await emu_stats(emulator))["total_requests"]
+            before_requests = (await emulator_stats(emulator))["total_requests"]
 
             async def calls_in_flight() -> dict[str, Any] | None:
-                s = await emu_stats(emulator)
+                s = await emulator_stats(emulator)
                 # Some progress since the (re)start, calls in flight right now, and none
                 # started in the last 0.3 s: the calls that ended to free their slots did
                 # so at least that long ago, so their results are durable — what is lost
@@ -86,7 +76,7 @@ async def test_task_survives_two_hard_kills(fleet: Fleet) -> None:
             killed_at = time.monotonic()
             # The emulator holds every call for 1 s, so what it counts in flight right
             # after the kill is every call the dead worker had started.
-            after = await emu_stats(emulator)
+            after = await emulator_stats(emulator)
             assert after["total_requests"] < N_IMAGES, "the task finished before the kill: nothing tested"
             kills.append({"in_flight_before": seen["in_flight"], "in_flight_at_kill": after["in_flight"],
                           "requests_at_kill": after["total_requests"]})
@@ -102,7 +92,7 @@ async def test_task_survives_two_hard_kills(fleet: Fleet) -> None:
         doc = await wait_task(worker.url, task_id, timeout=180)
         published = await results.collect(lambda v: v.get("task_id") == task_id, count=N_IMAGES, timeout=60)
 
-    final = await emu_stats(emulator)
+    final = await emulator_stats(emulator)
     repeated = final["total_requests"] - N_IMAGES
     allowed = sum(k["in_flight_at_kill"] for k in kills)
     print(f"\nkill/restart: kills={kills} upstream_calls={final['total_requests']} repeated={repeated} "
@@ -129,7 +119,7 @@ async def test_task_survives_two_hard_kills(fleet: Fleet) -> None:
 
 
 async def _more_requests(emulator: Any, than: int) -> bool:
-    return (await emu_stats(emulator))["total_requests"] > than
+    return (await emulator_stats(emulator))["total_requests"] > than
 
 
 def _png(width: int, height: int) -> bytes:

@@ -18,21 +18,19 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.conftest import (
+from tests.reliability.conftest import Fleet, form, make_png, unique_app_id, worker_stats
+from tests.support import (
+    Emulator,
     TERMINAL,
-    Fleet,
-    emu_config,
-    emu_stats,
-    form,
+    Worker,
+    emulator_config,
+    emulator_stats,
     get_json,
     get_task,
-    make_png,
     submit,
-    unique_app_id,
+    wait_for,
     wait_task,
-    worker_stats,
 )
-from tests.support import Emulator, Worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -93,11 +91,11 @@ async def test_tasks_spread_over_both_and_read_on_either(pair: Pair) -> None:
     assert sa["tasks"]["planned"] > 0 and sb["tasks"]["planned"] > 0
     assert sa["upstream"]["calls"] > 0 and sb["upstream"]["calls"] > 0
     assert sa["tasks"]["planned"] + sb["tasks"]["planned"] == 16
-    assert (await emu_stats(pair.emulator))["total_requests"] == 32
+    assert (await emulator_stats(pair.emulator))["total_requests"] == 32
 
 
 async def test_stopping_one_worker_moves_its_partitions_and_its_tasks_finish(pair: Pair) -> None:
-    await emu_config(pair.emulator, latency="fixed:1.5")
+    await emulator_config(pair.emulator, latency="fixed:1.5")
     salt = uuid.uuid4().int % 1_000_000 + 7
     accepted = await asyncio.gather(*(
         submit(pair.a.url, form([(f"q{t}-{i}.png", make_png(salt + 3 * t + i)) for i in range(3)]))
