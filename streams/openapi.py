@@ -210,9 +210,14 @@ SCHEMAS: dict[str, Schema] = {
             "dimensions": {
                 "type": "object",
                 "required": ["requests", "cache_hits", "cache_misses", "placeholders", "computed", "fetches",
-                             "fetch_failures_by_reason", "bytes_read"],
+                             "fetch_failures_by_reason", "remembered_failures_by_reason",
+                             "revalidations_by_result", "bytes_read"],
                 "properties": {"requests": _NUM, "cache_hits": _NUM, "cache_misses": _NUM, "placeholders": _NUM,
                                "computed": _NUM, "fetches": _NUM, "fetch_failures_by_reason": _COUNTS,
+                               "remembered_failures_by_reason": {
+                                   **_COUNTS, "description": "requests answered from a remembered failure"},
+                               "revalidations_by_result": {
+                                   **_COUNTS, "description": "conditional GETs: not_modified, modified, failed"},
                                "bytes_read": _NUM},
             },
             "dead_letters": _COUNTS,

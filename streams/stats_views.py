@@ -107,6 +107,9 @@ def stats_document() -> dict[str, Any]:
             "computed": m.get("dimension_computed_total"),
             "fetches": m.get("dimension_fetches_total"),
             "fetch_failures_by_reason": m.by_label("dimension_fetch_failures_total", "reason"),
+            # Requests answered from a remembered failure (no fetch), by its code.
+            "remembered_failures_by_reason": m.by_label("dimension_negative_cache_hits_total", "reason"),
+            "revalidations_by_result": m.by_label("dimension_revalidations_total", "result"),
             "bytes_read": m.get("dimension_bytes_read_total"),
         },
         "dead_letters": m.by_label("dead_letters_total", "code"),

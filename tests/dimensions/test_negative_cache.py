@@ -132,6 +132,10 @@ async def test_a_404_is_remembered_answered_at_once_and_refresh_bypasses_it(
     assert after.get(hits, 0) - before.get(hits, 0) >= 50
     remembered_series = 'imagestream_dimension_failures_remembered_total{kind="permanent"}'
     assert after.get(remembered_series, 0) - before.get(remembered_series, 0) == 1
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{worker.url}/api/v1/stats") as resp:
+            dims = (await resp.json())["dimensions"]
+    assert dims["remembered_failures_by_reason"]["http_status"] >= 50
 
     # The image appears; refresh=true bypasses the remembered failure at once.
     origin.resources[path] = Resource(png(33, 44))
