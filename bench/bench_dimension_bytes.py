@@ -27,7 +27,7 @@ from PIL import Image, features  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
 from streams.dimensions.fetch import fetch_dimensions, make_session  # noqa: E402
-from tests.support import tiff_ifd_at_end  # noqa: E402
+from tests.support import serve_app, tiff_ifd_at_end  # noqa: E402
 
 FIXTURES = REPO.parent / "shared" / "fixtures" / "probe-image-size"
 
@@ -97,18 +97,13 @@ async def main() -> None:
 
     app = web.Application()
     app.router.add_get("/{key}", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     settings = Settings(fetch_allowlist=(ipaddress.ip_network("127.0.0.1/32"),), dimension_max_bytes=64 * 1024 * 1024)
 
     print(
         f"{'format':<27} {'size':>11} {'file bytes':>11} {'bytes_read':>11} {'ratio':>8} "
         f"{'hdr end':>9} {'ranges':>6} {'ms':>6}"
     )
-    async with make_session(settings) as session:
+    async with serve_app(app) as port, make_session(settings) as session:
         for key, name in keys.items():
             started = time.perf_counter()
             outcome = await fetch_dimensions(session, f"http://127.0.0.1:{port}/{key}", settings=settings)
@@ -120,7 +115,6 @@ async def main() -> None:
                 f"{outcome.bytes_read / size:>8.2%} {outcome.header_bytes:>9,} {outcome.range_requests:>6} {ms:>6.1f}"
             )
     print("bytes_read: body bytes pulled (16 KiB chunks); hdr end: end offset of the last byte the parser needed (past a Range jump for TIFF/WebP EXIF).")
-    await runner.cleanup()
 
 
 if __name__ == "__main__":

@@ -343,13 +343,21 @@ async def serve_images() -> AsyncIterator[tuple[str, dict[str, bytes]]]:
 
     app = web.Application()
     app.router.add_get("/{name}", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-    try:
+    async with serve_app(app) as port:
         yield f"http://127.0.0.1:{port}", files
+
+
+@asynccontextmanager
+async def serve_app(app: aiohttp.web.Application, **runner_kwargs: Any) -> AsyncIterator[int]:
+    """Run ``app`` on 127.0.0.1 (port 0) for the block; yields the port it got."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, **runner_kwargs)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
     finally:
         await runner.cleanup()
 

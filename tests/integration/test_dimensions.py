@@ -27,7 +27,7 @@ from aiohttp import web
 from PIL import Image
 
 from tests.conftest import Emulator, Worker, start_worker
-from tests.support import TopicReader, jkey, produce, wait_for
+from tests.support import TopicReader, jkey, produce, serve_app, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -103,17 +103,12 @@ async def images() -> AsyncIterator[ImageServer]:
     server = ImageServer()
     app = web.Application()
     app.router.add_get("/{tail:.*}", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-    server.base = f"http://127.0.0.1:{port}"
-    yield server
-    for served in server.items.values():  # never leave a handler waiting
-        if served.gate is not None:
-            served.gate.set()
-    await runner.cleanup()
+    async with serve_app(app) as port:
+        server.base = f"http://127.0.0.1:{port}"
+        yield server
+        for served in server.items.values():  # never leave a handler waiting
+            if served.gate is not None:
+                served.gate.set()
 
 
 # --- API helpers --------------------------------------------------------------------

@@ -31,6 +31,7 @@ from tests.support import (
     edit_form,
     free_port,
     get_json,
+    serve_app,
     start_emulator,
     start_worker,
 )
@@ -211,17 +212,12 @@ async def image_server() -> AsyncIterator[ImageServer]:
     server = ImageServer()
     app = web.Application()
     app.router.add_get("/{tail:.*}", server.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-    server.base = f"http://127.0.0.1:{port}"
-    yield server
-    for item in server.items.values():
-        if item.gate is not None:
-            item.gate.set()
-    await runner.cleanup()
+    async with serve_app(app, shutdown_timeout=0.5) as port:
+        server.base = f"http://127.0.0.1:{port}"
+        yield server
+        for item in server.items.values():
+            if item.gate is not None:
+                item.gate.set()
 
 
 def elapsed_since(t0: float) -> float:

@@ -35,7 +35,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from tests.reliability.conftest import Fleet, b64, form, make_png, rss_kib, unique_app_id
-from tests.support import TopicReader, Worker, get_json, jkey, submit, wait_task
+from tests.support import TopicReader, Worker, get_json, jkey, serve_app, submit, wait_task
 
 pytestmark = pytest.mark.integration
 
@@ -288,12 +288,7 @@ async def test_ssrf_corpus_is_refused_and_nothing_is_fetched(fleet: Fleet, kafka
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
-    try:
+    async with serve_app(app) as port:
         emulator = fleet.emulator(name="rel-ssrf-emulator")
         # No address is allow-listed; only the host *name* "localhost", so that a
         # redirect from an allow-listed host into a loopback address can be tried.
@@ -354,8 +349,6 @@ async def test_ssrf_corpus_is_refused_and_nothing_is_fetched(fleet: Fleet, kafka
             status, body = await get_json(
                 f"{worker.url}/api/v1/dimensions?" + _q(session_id=session, resource=f"r{i}", scene="1"))
             assert status == 404, (url, body)
-    finally:
-        await runner.cleanup()
 
 
 def _q(**params: str) -> str:

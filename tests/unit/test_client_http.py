@@ -28,6 +28,7 @@ from producers import (
     dimension_key,
 )
 from producers.errors import ImagestreamClientError, Unreachable
+from tests.support import serve_app
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 32
 
@@ -94,14 +95,9 @@ async def api() -> AsyncIterator[FakeApi]:
     app.router.add_get("/api/v1/image-edit/task/{task_id}", task)
     app.router.add_get("/api/v1/blobs/{sha}", blob)
     app.router.add_route("*", "/api/v1/dimensions", dims)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.url = f"http://127.0.0.1:{port}"
-    yield fake
-    await runner.cleanup()
+    async with serve_app(app) as port:
+        fake.url = f"http://127.0.0.1:{port}"
+        yield fake
 
 
 def client(api: FakeApi, **kwargs: Any) -> ImageEditClient:
