@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import faust
 from faust.serializers import codecs
 
-__all__ = ["JSON_KEY", "LenientJsonKey"]
+__all__ = ["JSON_KEY", "LenientJsonKey", "with_json_keys"]
 
 JSON_KEY = "json_key"
 
@@ -24,7 +25,7 @@ class LenientJsonKey(codecs.Codec):
     """JSON for keys; undecodable keys are returned as (replacement-decoded) text."""
 
     def _dumps(self, obj: Any) -> bytes:
-        return json.dumps(obj).encode()  # byte-for-byte what faust's json codec writes
+        return json.dumps(obj).encode()  # ASCII-escaped, whatever JSON backend Faust uses
 
     def _loads(self, s: bytes) -> Any:
         try:
@@ -34,3 +35,15 @@ class LenientJsonKey(codecs.Codec):
 
 
 codecs.register(JSON_KEY, LenientJsonKey())
+
+
+def with_json_keys(table: faust.TableT) -> faust.TableT:
+    """Store and changelog ``table``'s keys exactly as they travel on the topics.
+
+    Faust would pick its ``json`` codec for ``key_type=str``, whose bytes follow its
+    JSON backend (orjson writes non-ASCII as UTF-8, the standard library escapes it):
+    one key encoding everywhere keeps lookups of data written by any version working.
+    """
+    table.key_serializer = JSON_KEY  # the store and the changelog sends
+    table.changelog_topic.key_serializer = JSON_KEY  # already made by the constructor
+    return table

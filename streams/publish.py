@@ -3,8 +3,8 @@
 ``Topic.send`` builds a FutureMessage, runs the channel's serializers and sensors for
 every event: about half of the CPU of the cached path.  The pipelines' hot paths send
 already-serialised JSON through the app's producer instead.  Keys are written exactly
-as Faust's ``json`` key codec writes them, so partitioning (and with it table
-routing) is the same as for events Faust sends.
+as the ``json_key`` codec writes them, so partitioning (and with it table routing)
+is the same as for events Faust sends.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ __all__ = ["key_bytes", "on_delivery", "partition_for", "publish"]
 
 
 def key_bytes(key: str) -> bytes:
-    """A string key as JSON bytes (what Faust's json codec and the tables use)."""
-    return json.dumps(key).encode()  # ASCII-escaped, exactly as faust's json codec
+    """A string key as JSON bytes: what the ``json_key`` codec writes on every topic
+    and table (ASCII-escaped)."""
+    return json.dumps(key).encode()
 
 
 @lru_cache(maxsize=65536)

@@ -16,31 +16,31 @@ partition's changelog).  Readers merge the rows they hold: each partition sees a
 random sample of the keys, so any worker's rows estimate the scene's size
 distribution, and a single worker sees all of them.
 
-Keys are strings (Faust's ``json`` codec in the changelogs).  That codec escapes
-non-ASCII characters where the topics' ``json_key`` codec does not, so for such keys
-the hash of the *table* key is not the partition the entry lives in: every read and
-write here happens in the context of the feeding topic's event (whose partition is
-the truth), and views find a key's owner through that topic's key bytes
-(:func:`streams.dimensions.views._owner`), never through ``table_route``.
+Keys are strings, stored and changelogged with the topics' ``json_key`` codec
+(:func:`streams.codecs.with_json_keys`).  Every read and write here happens in the
+context of the feeding topic's event (whose partition is the truth), and views find
+a key's owner through that topic's key bytes (:func:`streams.dimensions.views._owner`),
+never through ``table_route``.
 """
 
 from __future__ import annotations
 
 from streams.app import app, rocksdb_options, settings
+from streams.codecs import with_json_keys
 from streams.dimensions.models import DimensionEntry, SceneSizes, UrlEntry
 
 __all__ = ["dimensions", "scene_sizes", "url_dimensions"]
 
 
 def _table(name: str, value_type: type, help_text: str):  # type: ignore[no-untyped-def]
-    return app.Table(
+    return with_json_keys(app.Table(
         name,
         key_type=str,
         value_type=value_type,
         partitions=settings.topic_partitions,
         options=rocksdb_options(settings),
         help=help_text,
-    )
+    ))
 
 
 #: session_id|resource|scene → DimensionEntry (latest fetched_at wins).

@@ -37,6 +37,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from faust.utils import json as faust_json
+
 from config.settings import Settings
 from streams.errors import InvalidRequest
 from streams.image_edit.keys import canonical_params, normalize_prompt
@@ -151,6 +153,7 @@ def validate_edit_params(params: Mapping[str, Any], *, max_chars: int) -> dict[s
             clean[name] = value
     try:
         canonical_params(clean)
+        faust_json.dumps(clean)  # what travels in the task's events (orjson: 64-bit ints only)
     except (TypeError, ValueError) as exc:
         raise _fail("invalid_edit_params", f"edit_params must be plain JSON values: {exc}") from None
     return clean

@@ -86,6 +86,8 @@ def test_unknown_edit_type(edit_type: Any) -> None:
         '{"negative_prompt": 5}',
         '{"prompt": ["a"]}',
         '{"strength": NaN}',
+        '{"strength": 100000000000000000000000000000}',  # beyond what the events' JSON carries
+        '{"extra": {"deep": [18446744073709551616]}}',
         42,
         ["a"],
     ],
