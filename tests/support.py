@@ -160,6 +160,16 @@ async def get_json(url: str, token: str | None = None, timeout: float = 10) -> t
             return resp.status, body
 
 
+async def all_ready(workers: list[Worker]) -> bool:
+    """Every worker's /healthz answers 200."""
+    async with aiohttp.ClientSession() as session:
+        for w in workers:
+            async with session.get(f"{w.url}/healthz") as resp:
+                if resp.status != 200:
+                    return False
+    return True
+
+
 # --- the worker's image-edit API ----------------------------------------------------
 
 TERMINAL = {"completed", "partial", "failed"}
@@ -370,13 +380,15 @@ def jkey(key: str) -> bytes:
     return json.dumps(key).encode()
 
 
-async def produce(bootstrap: str, topic: str, value: bytes | Mapping[str, Any], key: bytes | str | None = None) -> None:
+async def produce(bootstrap: str, topic: str, value: bytes | Mapping[str, Any], key: bytes | str | None = None,
+                  partition: int | None = None) -> None:
+    """One record (a mapping is sent as JSON); ``partition`` overrides the partitioner."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
         raw = value if isinstance(value, bytes) else json.dumps(value).encode()
         raw_key = key.encode() if isinstance(key, str) else key
-        await producer.send_and_wait(topic, raw, key=raw_key)
+        await producer.send_and_wait(topic, raw, key=raw_key, partition=partition)
     finally:
         await producer.stop()
 

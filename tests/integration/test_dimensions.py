@@ -27,7 +27,7 @@ from aiohttp import web
 from PIL import Image
 
 from tests.conftest import Emulator, Worker, start_worker
-from tests.support import TopicReader, jkey, produce, serve_app, wait_for
+from tests.support import TopicReader, all_ready, jkey, produce, serve_app, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -510,7 +510,7 @@ async def test_two_workers_route_each_key_to_its_owner(
     ]
     try:
         a, b = workers
-        await wait_for(lambda: _both_ready(workers), timeout=60, what="both workers ready after the rebalance")
+        await wait_for(lambda: all_ready(workers), timeout=60, what="both workers ready after the rebalance")
         url, _ = images.add(png(333, 444))
         keys = [ids() for _ in range(12)]
         for i, key in enumerate(keys):
@@ -527,31 +527,11 @@ async def test_two_workers_route_each_key_to_its_owner(
         async with TopicReader(kafka_bootstrap, a.topic("dimension-results")) as results:
             for partition in range(4):
                 producer_key = jkey(composite)
-                await _produce_to(kafka_bootstrap, a.topic("dimension-requests"), {**key, "url": url},
-                                  producer_key, partition)
+                await produce(kafka_bootstrap, a.topic("dimension-requests"), {**key, "url": url},
+                              key=producer_key, partition=partition)
             got = await results.collect(lambda v: v.get("session_id") == key["session_id"], count=4, timeout=30)
         assert {g["source"] for g in got} <= {"placeholder", "cache", "fetched"}
         assert (await wait_cached(b, **key, url=url))["width"] == 333
     finally:
         for w in workers:
             w.proc.stop()
-
-
-async def _both_ready(workers: list[Worker]) -> bool:
-    async with aiohttp.ClientSession() as session:
-        for w in workers:
-            async with session.get(f"{w.url}/healthz") as resp:
-                if resp.status != 200:
-                    return False
-    return True
-
-
-async def _produce_to(bootstrap: str, topic: str, value: dict[str, Any], key: bytes, partition: int) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, json.dumps(value).encode(), key=key, partition=partition)
-    finally:
-        await producer.stop()

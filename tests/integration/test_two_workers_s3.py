@@ -19,21 +19,12 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from tests.conftest import Emulator, Worker, start_worker
+from tests.conftest import Emulator, start_worker
 from tests.integration.test_image_edit import make_png
 from tests.s3.server import S3Server, s3_server  # noqa: F401 - the session fixture
-from tests.support import edit_form, emulator_stats, submit, wait_for, wait_task
+from tests.support import all_ready, edit_form, emulator_stats, submit, wait_for, wait_task
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-async def _both_ready(workers: list[Worker]) -> bool:
-    async with aiohttp.ClientSession() as session:
-        for w in workers:
-            async with session.get(f"{w.url}/healthz") as resp:
-                if resp.status != 200:
-                    return False
-    return True
 
 
 async def _download(url: str) -> tuple[int, bytes, list[int]]:
@@ -58,7 +49,7 @@ async def test_two_workers_share_one_bucket(
     ]
     a, b = workers
     try:
-        await wait_for(lambda: _both_ready(workers), timeout=90, what="both workers ready after the rebalance")
+        await wait_for(lambda: all_ready(workers), timeout=90, what="both workers ready after the rebalance")
         salt = int(time.time() * 1000) % 100000
         files = [(f"s3-{i}.png", make_png(salt + i)) for i in range(6)]
         calls_before = (await emulator_stats(emulator))["total_requests"]
