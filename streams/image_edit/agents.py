@@ -42,7 +42,7 @@ from streams.image_edit.models import (
     TaskUpdate,
 )
 from streams.image_edit.presets import load_presets
-from streams.image_edit.tables import edit_cache, task_status
+from streams.image_edit.tables import current_status, edit_cache, last_statuses, task_status
 from streams.image_edit.validation import validate_edit_request, validate_task_request
 from streams.publish import on_delivery, partition_for, publish
 from streams.routing import event_context
@@ -247,6 +247,17 @@ def fresh_entry(entry: CacheEntry | None, now: float) -> CacheEntry | None:
     return entry if now - entry.created_at <= settings.cache_ttl else None
 
 
+def cached_entry(cache_key: str) -> CacheEntry | None:
+    """The cache entry for ``cache_key``: decoded already, or read from the table once."""
+    entries = executor().entries
+    entry = entries.get(cache_key)
+    if entry is None:
+        entry = edit_cache.get(cache_key)
+        if entry is not None:
+            entries.put(cache_key, entry)
+    return fresh_entry(entry, time.time())
+
+
 class BatchAck:
     """Acks a job batch's event once every job in it has its result in Kafka."""
 
@@ -320,13 +331,12 @@ async def edit_images(stream: faust.StreamT[bytes]) -> None:
         hits: dict[str, list[ImageResult]] = {}
         with event_context(event):
             for key in batch.invalidate:
-                executor().recent.pop(key, None)
+                executor().entries.pop(key)
                 if edit_cache.get(key) is not None:
                     del edit_cache[key]
                     metrics.inc("cache_invalidations_total")
             for job in jobs:
-                cached = fresh_entry(edit_cache.get(job.cache_key) or executor().recent_entry(job.cache_key),
-                                     time.time())
+                cached = cached_entry(job.cache_key)
                 if cached is None:
                     await gate.acquire()
                     task = asyncio.create_task(  # copies the event context: cache writes land right
@@ -340,6 +350,13 @@ async def edit_images(stream: faust.StreamT[bytes]) -> None:
 
 
 # --- aggregate ----------------------------------------------------------------------
+@app.on_partitions_revoked.connect  # type: ignore[misc]
+async def _forget_decoded_entries(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+    """Tables of revoked partitions may change on another worker: drop decoded copies."""
+    if _executor is not None:
+        _executor.entries.clear()
+
+
 @app.agent(task_updates_topic)
 async def aggregate_tasks(stream: faust.StreamT[bytes]) -> None:
     """Fold plans and results into ``task_status``; publish each new result once and
@@ -351,7 +368,7 @@ async def aggregate_tasks(stream: faust.StreamT[bytes]) -> None:
         for event in events:
             try:
                 update = TaskUpdate.loads(event.value)
-                current = changed[update.task_id][1] if update.task_id in changed else task_status.get(update.task_id)
+                current = changed[update.task_id][1] if update.task_id in changed else current_status(update.task_id)
                 status, fresh = state.fold_update(current, update, now)
             except Exception as exc:  # noqa: BLE001 - a bad update must not stop the others
                 await dead_letter(source_topic=event.message.topic, key=event.key, raw=event.value,
@@ -365,6 +382,7 @@ async def aggregate_tasks(stream: faust.StreamT[bytes]) -> None:
         for task_id, (event, status) in changed.items():
             with event_context(event):
                 task_status[task_id] = status
+            last_statuses.put(task_id, status)
             await publish(image_edit_task_status_topic, task_id, status)
             if state.is_terminal(status):
                 metrics.inc("tasks_finished_total", status=status.status)

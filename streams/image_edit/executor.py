@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 
 import aiohttp
@@ -27,6 +27,7 @@ from streams.errors import ImagestreamError, UpstreamError, UpstreamRateLimited,
 from streams.image_edit.limits import RateLimiter, SingleFlight, SlidingWindow
 from streams.image_edit.models import CacheEntry, ErrorInfo, ImageJob, ImageResult
 from streams.image_edit.retry import RetryPolicy, decide
+from streams.lru import LRU
 from streams.stats import metrics
 from streams.upstream import DashScopeEditor
 
@@ -37,8 +38,8 @@ log = logging.getLogger(__name__)
 #: Result images larger than this are refused (the upstream's are a few MB).
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 RESULT_DOWNLOAD_ATTEMPTS = 3
-#: Fresh results remembered per worker (bridges a flight's end and the table write).
-RECENT_ENTRIES = 4096
+#: Decoded cache entries kept per worker (a CacheEntry is ~1 KB in memory).
+KNOWN_ENTRIES = 16384
 
 
 def result_url_for(settings: Settings, blob: str) -> str:
@@ -72,10 +73,11 @@ class EditExecutor:
         self.rng = rng or random.Random()
         self.windows: dict[int, SlidingWindow] = defaultdict(lambda: SlidingWindow(settings.upstream_concurrency))
         self.flights: SingleFlight[str, CacheEntry] = SingleFlight()
-        #: Entries this worker computed lately.  A flight is forgotten the moment its
-        #: work ends, a few loop turns before the agent has written the cache table: a
-        #: duplicate job read in between must find the result here, not call again.
-        self.recent: OrderedDict[str, CacheEntry] = OrderedDict()
+        #: Cache entries this worker computed or read lately, decoded (decoding is most
+        #: of a table lookup's cost).  It also bridges a flight's end and the agent's
+        #: table write a few loop turns later: a duplicate job read in between must
+        #: find the result here, not call again.  Cleared when partitions are revoked.
+        self.entries: LRU[str, CacheEntry] = LRU(KNOWN_ENTRIES)
         self.limiter = (
             RateLimiter(settings.upstream_rps, burst=max(1, int(settings.upstream_rps)))
             if settings.upstream_rps
@@ -84,10 +86,6 @@ class EditExecutor:
         self.policy = RetryPolicy.from_settings(settings)
 
     # ------------------------------------------------------------------------------
-    def recent_entry(self, cache_key: str) -> CacheEntry | None:
-        """A result this worker computed lately for ``cache_key`` (see :attr:`recent`)."""
-        return self.recent.get(cache_key)
-
     def hit(self, job: ImageJob, entry: CacheEntry, started: float) -> ImageResult:
         """The result for a cache hit."""
         return self._result(job, entry, started, status="HIT")
@@ -139,9 +137,7 @@ class EditExecutor:
             upstream_url=outcome.result_url,
             created_at=time.time(),
         )
-        self.recent[job.cache_key] = entry
-        while len(self.recent) > RECENT_ENTRIES:
-            self.recent.popitem(last=False)
+        self.entries.put(job.cache_key, entry)
         return entry
 
     async def _call(self, job: ImageJob, image: bytes, mime: str, partition: int):  # type: ignore[no-untyped-def]

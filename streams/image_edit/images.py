@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
 from streams.errors import ImageTooLarge, InvalidImage, UnsupportedFormat
+from streams.lru import LRU
 from streams.image_edit.keys import image_sha256, pixel_hash
 
 __all__ = [
@@ -231,20 +231,13 @@ class ImageInfoCache:
     """
 
     def __init__(self, size: int = 8192) -> None:
-        self.size = size
-        self._items: OrderedDict[str, ImageInfo] = OrderedDict()
+        self._items: LRU[str, ImageInfo] = LRU(size)
 
     def get(self, sha256: str) -> ImageInfo | None:
-        info = self._items.get(sha256)
-        if info is not None:
-            self._items.move_to_end(sha256)
-        return info
+        return self._items.get(sha256)
 
     def put(self, info: ImageInfo) -> None:
-        self._items[info.sha256] = info
-        self._items.move_to_end(info.sha256)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        self._items.put(info.sha256, info)
 
     def __len__(self) -> int:
         return len(self._items)

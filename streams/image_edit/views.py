@@ -27,7 +27,7 @@ from streams.image_edit.presets import load_presets
 from streams.publish import publish
 from streams.routing import ROUTED_HEADER, forward, not_ready, owner_of
 from streams.runtime import runtime
-from streams.image_edit.tables import task_status
+from streams.image_edit.tables import current_status, task_status
 from streams.image_edit.validation import validate_edit_request
 from streams.stats import metrics
 from streams.topics import image_edit_jobs_topic, image_edit_requests_topic
@@ -170,7 +170,7 @@ class TaskStatusView(faust.web.View):
                 return not_ready()
             if dest is not None:
                 return await forward(request, dest)
-        status = task_status.get(task_id)
+        status = current_status(task_id)
         if status is None:
             return error_response(404, "task_not_found", f"no task {task_id!r}")
         return self.json(status.asdict())
