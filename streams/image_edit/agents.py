@@ -18,6 +18,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -37,9 +38,12 @@ from streams.image_edit.models import (
     ImageJobBatch,
     ImageRef,
     ImageResult,
+    JobRef,
     TaskRequest,
     TaskStatus,
     TaskUpdate,
+    read_job_batch,
+    results_update,
 )
 from streams.image_edit.presets import load_presets
 from streams.image_edit.tables import current_status, edit_cache, last_statuses, task_status
@@ -273,15 +277,15 @@ class BatchAck:
             self.event.ack()
 
 
-async def _send_results(results: list[ImageResult], acks: list[BatchAck]) -> None:
+async def _send_results(task_id: str, results: Sequence[ImageResult | Mapping[str, Any]],
+                        acks: list[BatchAck]) -> None:
     """Publish outcomes of one task's jobs; each job counts as done once it is durable."""
-    update = TaskUpdate(task_id=results[0].task_id, kind="results", results=results)
 
     def delivered() -> None:
         for ack in acks:
             ack.done()
 
-    on_delivery(await publish(task_updates_topic, update.task_id, update), delivered)
+    on_delivery(await publish(task_updates_topic, task_id, results_update(task_id, results)), delivered)
 
 
 async def _finish_job(job: ImageJob, partition: int, ack: BatchAck, gate: asyncio.Semaphore) -> None:
@@ -294,7 +298,7 @@ async def _finish_job(job: ImageJob, partition: int, ack: BatchAck, gate: asynci
             # The cache entry must be in Kafka before the result is: a worker killed in
             # between would otherwise replay the job as a miss and pay for it twice.
             await app.producer.flush()
-        await _send_results([outcome.result], [ack])
+        await _send_results(job.task_id, [outcome.result], [ack])
     except asyncio.CancelledError:
         raise  # not acked: the partition's next owner runs it again (idempotent by key)
     except Exception:
@@ -302,7 +306,7 @@ async def _finish_job(job: ImageJob, partition: int, ack: BatchAck, gate: asynci
         failed = ImageResult(task_id=job.task_id, index=job.index, filename=job.filename, status="failed",
                              error=ErrorInfo(code="internal_error", message="internal error"),
                              cache_key=job.cache_key, source_blob=job.blob)
-        await _send_results([failed], [ack])
+        await _send_results(job.task_id, [failed], [ack])
     finally:
         gate.release()
 
@@ -320,33 +324,33 @@ async def edit_images(stream: faust.StreamT[bytes]) -> None:
     async for event in stream.noack().events():
         started = time.monotonic()
         try:
-            batch = ImageJobBatch.loads(event.value)
-            jobs = [job if isinstance(job, ImageJob) else ImageJob(**job) for job in batch.jobs]
+            jobs, invalidate = read_job_batch(event.value)
         except Exception as exc:  # noqa: BLE001 - any decode failure is a bad event
             await dead_letter(source_topic=event.message.topic, key=event.key, raw=event.value,
                               code="invalid_job", reason=f"{type(exc).__name__}: {exc}"[:500])
             event.ack()
             continue
         ack = BatchAck(event, len(jobs))
-        hits: dict[str, list[ImageResult]] = {}
+        hits: dict[str, list[tuple[JobRef, CacheEntry]]] = {}
         with event_context(event):
-            for key in batch.invalidate:
+            for key in invalidate:
                 executor().entries.pop(key)
                 if edit_cache.get(key) is not None:
                     del edit_cache[key]
                     metrics.inc("cache_invalidations_total")
-            for job in jobs:
-                cached = cached_entry(job.cache_key)
+            for raw in jobs:
+                ref = JobRef.of(raw)
+                cached = cached_entry(ref.cache_key)
                 if cached is None:
                     await gate.acquire()
                     task = asyncio.create_task(  # copies the event context: cache writes land right
-                        _finish_job(job, event.message.partition, ack, gate))
+                        _finish_job(ImageJob(**raw), event.message.partition, ack, gate))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
                     continue
-                hits.setdefault(job.task_id, []).append(executor().hit(job, cached, started))
-        for results in hits.values():
-            await _send_results(results, [ack] * len(results))
+                hits.setdefault(ref.task_id, []).append((ref, cached))
+        for task_id, found in hits.items():
+            await _send_results(task_id, executor().hits(found, started), [ack] * len(found))
 
 
 # --- aggregate ----------------------------------------------------------------------

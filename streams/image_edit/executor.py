@@ -17,7 +17,9 @@ import logging
 import random
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -25,7 +27,7 @@ from config import Settings
 from streams.blobs import BlobStore, sniff_mime
 from streams.errors import ImagestreamError, UpstreamError, UpstreamRateLimited, UpstreamUnavailable
 from streams.image_edit.limits import RateLimiter, SingleFlight, SlidingWindow
-from streams.image_edit.models import CacheEntry, ErrorInfo, ImageJob, ImageResult
+from streams.image_edit.models import CacheEntry, ErrorInfo, ImageJob, ImageResult, JobRef
 from streams.image_edit.retry import RetryPolicy, decide
 from streams.lru import LRU
 from streams.stats import metrics
@@ -86,9 +88,12 @@ class EditExecutor:
         self.policy = RetryPolicy.from_settings(settings)
 
     # ------------------------------------------------------------------------------
-    def hit(self, job: ImageJob, entry: CacheEntry, started: float) -> ImageResult:
-        """The result for a cache hit."""
-        return self._result(job, entry, started, status="HIT")
+    def hits(self, found: Sequence[tuple[JobRef, CacheEntry]], started: float) -> list[dict[str, Any]]:
+        """Results of cache hits, as dicts of ``ImageResult``'s fields (no records: see
+        :func:`~streams.image_edit.models.read_job_batch`)."""
+        metrics.inc("cache_hits_total", len(found), kind="hit")
+        metrics.inc("images_completed_total", len(found), from_cache="true")
+        return [self._completed(job, entry, started, status="HIT") for job, entry in found]
 
     async def run(self, job: ImageJob, *, partition: int) -> JobOutcome:
         """Produce the result of a job that missed the cache; never raises for job errors."""
@@ -175,20 +180,25 @@ class EditExecutor:
         else:
             metrics.inc("cache_misses_total")
         metrics.inc("images_completed_total", from_cache=str(status != "MISS").lower())
-        return ImageResult(
-            task_id=job.task_id,
-            index=job.index,
-            filename=job.filename,
-            status="completed",
-            result_url=result_url_for(self.settings, entry.result_blob),
-            from_cache=status != "MISS",
-            cache_key=job.cache_key,
-            cache_status=status,
-            duration_ms=round((time.monotonic() - started) * 1000, 2),
-            upstream_request_id=entry.upstream_request_id,
-            result_blob=entry.result_blob,
-            source_blob=job.blob,
-        )
+        return ImageResult(**self._completed(job, entry, started, status=status))
+
+    def _completed(self, job: ImageJob | JobRef, entry: CacheEntry, started: float, *, status: str) -> dict[str, Any]:
+        """The fields of a completed ``ImageResult``."""
+        return {
+            "task_id": job.task_id,
+            "index": job.index,
+            "filename": job.filename,
+            "status": "completed",
+            "result_url": result_url_for(self.settings, entry.result_blob),
+            "from_cache": status != "MISS",
+            "error": None,
+            "cache_key": job.cache_key,
+            "duration_ms": round((time.monotonic() - started) * 1000, 2),
+            "cache_status": status,
+            "upstream_request_id": entry.upstream_request_id,
+            "result_blob": entry.result_blob,
+            "source_blob": job.blob,
+        }
 
     def _failed(self, job: ImageJob, exc: ImagestreamError, started: float) -> ImageResult:
         return ImageResult(

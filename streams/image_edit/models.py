@@ -6,9 +6,12 @@ and write them.  Field names of ``ImageResult`` and ``TaskStatus`` are fixed.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple, Optional
 
 import faust
+from faust.utils import json as faust_json
+from mode.utils.compat import want_bytes
 
 __all__ = [
     "CacheEntry",
@@ -17,6 +20,9 @@ __all__ = [
     "ImageJobBatch",
     "ImageRef",
     "ImageResult",
+    "JobRef",
+    "read_job_batch",
+    "results_update",
     "TaskRequest",
     "TaskStatus",
     "TaskUpdate",
@@ -82,6 +88,56 @@ class ImageJobBatch(_Record):
     invalidate: list[str] = []
 
 
+class JobRef(NamedTuple):
+    """What a result needs of its job: the cache-hit path reads jobs without records."""
+
+    task_id: str
+    index: int
+    filename: str
+    cache_key: str
+    blob: str
+
+    @classmethod
+    def of(cls, job: Mapping[str, Any]) -> JobRef:
+        return cls(job["task_id"], job["index"], job["filename"], job["cache_key"], job["blob"])
+
+
+_JOB_FIELDS = frozenset(ImageJob._options.fields)
+_JOB_TYPES: dict[str, type] = {
+    "task_id": str, "index": int, "filename": str, "edit_type": str, "prompt": str, "params": dict,
+    "cache_key": str, "image_sha256": str, "blob": str,
+}
+
+
+def read_job_batch(raw: bytes) -> tuple[list[dict[str, Any]], list[str]]:
+    """An ``ImageJobBatch`` event as ``(jobs, invalidate)``, jobs as plain dicts.
+
+    Most jobs are cache hits, answered from a few of their fields; building an
+    ``ImageJob`` record each costs more than all the rest of a hit, so only misses
+    become records (``ImageJob(**job)``).  Everything is checked here, so that can't
+    fail later: ValueError names what is wrong.
+    """
+    doc = faust_json.loads(raw)
+    if not isinstance(doc, dict):
+        raise ValueError("a job batch must be a JSON object")
+    jobs, invalidate = doc.get("jobs", []), doc.get("invalidate", [])
+    if not isinstance(jobs, list) or not isinstance(invalidate, list):
+        raise ValueError("jobs and invalidate must be lists")
+    if not all(isinstance(key, str) for key in invalidate):
+        raise ValueError("invalidate must list cache keys")
+    for job in jobs:
+        if not isinstance(job, dict):
+            raise ValueError("a job must be a JSON object")
+        unknown = job.keys() - _JOB_FIELDS
+        if unknown:
+            raise ValueError(f"unknown job fields {sorted(unknown)}")
+        for name, typ in _JOB_TYPES.items():
+            value = job.get(name)
+            if not isinstance(value, typ) or isinstance(value, bool):
+                raise ValueError(f"job field {name!r} must be {typ.__name__}")
+    return jobs, invalidate
+
+
 class ImageResult(_Record):
     """The outcome for one image (seed shape, fixed). Key: task_id."""
 
@@ -126,6 +182,13 @@ class TaskUpdate(_Record):
     created_at: float = 0.0
     results: list[ImageResult] = []
     error: Optional[ErrorInfo] = None  # kind=plan: the whole task was refused
+
+
+def results_update(task_id: str, results: Sequence[ImageResult | Mapping[str, Any]]) -> bytes:
+    """A ``TaskUpdate(kind="results")`` as JSON.  Cache hits come as dicts of
+    ``ImageResult``'s fields (see :func:`read_job_batch`); the aggregator reads the
+    event as a ``TaskUpdate`` either way."""
+    return want_bytes(faust_json.dumps({"task_id": task_id, "kind": "results", "results": list(results)}))
 
 
 class CacheEntry(_Record):
