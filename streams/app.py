@@ -9,6 +9,7 @@ from __future__ import annotations
 import faust
 
 from config import Settings
+from streams.transport import Transport
 
 __all__ = ["app", "build_app", "settings"]
 
@@ -33,7 +34,7 @@ def broker_urls(bootstrap: str) -> list[str]:
 def build_app(settings: Settings) -> faust.App:
     """A configured ``faust.App`` (agents and views attach to it on import)."""
     settings.table_dir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=broker_urls(settings.kafka_bootstrap),
         store="rocksdb://",
@@ -51,6 +52,7 @@ def build_app(settings: Settings) -> faust.App:
         broker_commit_interval=settings.commit_interval,
         consumer_auto_offset_reset=settings.consumer_auto_offset_reset,
         producer_linger=settings.producer_linger,
+        producer_max_batch_size=settings.producer_batch_bytes,
         producer_acks=-1,
         # Stream buffers: the agents take control of acks, so a small buffer is enough.
         stream_buffer_maxsize=4096,
@@ -71,6 +73,9 @@ def build_app(settings: Settings) -> faust.App:
         table_cleanup_interval=60.0,
         table_standby_replicas=0,
     )
+    # Faust's transport for kafka://, but its consumer's fetch wait is ours (see there).
+    app.transport = Transport(app.conf.broker_consumer, app, fetch_max_wait=settings.consumer_fetch_wait)
+    return app
 
 
 def rocksdb_options(settings: Settings) -> dict[str, int]:
