@@ -15,7 +15,7 @@ partition, then measures in one run:
      and the rest (to the ideal) is the tail of the last calls;
 2. submit→completed latency of 1-image tasks that hit the cache (p50 / p99),
    measured from the HTTP submit to the TaskStatus snapshot on Kafka;
-3. cached throughput: images/s of 40 tasks × 50 cached images published to Kafka, from
+3. cached throughput: images/s of 300 tasks × 50 cached images published to Kafka, from
    the first request sent to the last task's terminal status seen.
 
     python bench/bench_image_edit.py [--images 30] [--rounds 5] [--median 2.0] [--sigma 0.5]
@@ -267,7 +267,7 @@ def main() -> int:
     parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--latency-samples", type=int, default=200)
-    parser.add_argument("--tasks", type=int, default=40)
+    parser.add_argument("--tasks", type=int, default=300)
     parser.add_argument("--per-task", type=int, default=50)
     parser.add_argument("--salt", type=int, default=int(time.time()) % 100000)
     args = parser.parse_args()
