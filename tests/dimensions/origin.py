@@ -5,12 +5,17 @@ logs every request (headers, status, body bytes sent) so tests count what reache
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
 import socket
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from config.settings import Settings
+
+#: Fetch settings that let the fetchers reach the local test servers.
+LOCAL = Settings(fetch_allowlist=(ipaddress.ip_network("127.0.0.1/32"),), dimension_timeout=5.0)
 LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"
 PIECE = 64 * 1024
 

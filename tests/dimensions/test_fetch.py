@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ipaddress
 import json
 import os
 import re
@@ -22,11 +21,11 @@ from config.settings import Settings
 from streams.dimensions.fetch import DEFAULT_CHUNK_SIZE, HTTPStatusError, fetch_dimensions, make_session
 from streams.dimensions.netguard import GuardedConnector, redact_url
 from streams.errors import FetchError
+from tests.dimensions.origin import LOCAL
 from tests.support import tiff_ifd_at_end
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "probe-image-size"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
-LOCAL = Settings(fetch_allowlist=(ipaddress.ip_network("127.0.0.1/32"),), dimension_timeout=5.0)
 WRITE_PIECE = 64 * 1024
 
 
@@ -199,12 +198,6 @@ async def server() -> AsyncIterator[ImageServer]:
     await srv.start()
     yield srv
     await srv.stop()
-
-
-@pytest.fixture(scope="module")
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with make_session(LOCAL) as s:
-        yield s
 
 
 # ---------------------------------------------------------------------- big images

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +51,6 @@ def worker(kafka_bootstrap: str, emulator: Emulator, tmp_path_factory: pytest.Te
         pytest.fail(str(exc), pytrace=False)
     yield w
     w.proc.stop()
-
-
-@pytest.fixture(scope="module")
-async def origin() -> AsyncIterator[ConditionalServer]:
-    srv = ConditionalServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
 
 
 def ids() -> dict[str, str]:

@@ -5,48 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ipaddress
 import os
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 from PIL import Image
 
-from config.settings import Settings
 from streams.dimensions.fetch import (
     DEFAULT_CHUNK_SIZE,
     FetchOutcome,
     HTTPStatusError,
     NotModified,
     fetch_dimensions,
-    make_session,
     revalidate_dimensions,
 )
-from tests.dimensions.origin import LAST_MODIFIED, ConditionalServer, Resource
+from tests.dimensions.origin import LAST_MODIFIED, LOCAL, ConditionalServer, Resource
 from tests.support import tiff_ifd_at_end
 
-LOCAL = Settings(fetch_allowlist=(ipaddress.ip_network("127.0.0.1/32"),), dimension_timeout=5.0)
 
 
 def big_png(width: int, height: int) -> bytes:
     out = io.BytesIO()
     Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(out, "PNG", compress_level=0)
     return out.getvalue()
-
-
-@pytest.fixture(scope="module")
-async def origin() -> AsyncIterator[ConditionalServer]:
-    srv = ConditionalServer()
-    await srv.start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture(scope="module")
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with make_session(LOCAL) as s:
-        yield s
 
 
 async def test_unchanged_etag_is_a_304_without_a_body(origin: ConditionalServer, session: aiohttp.ClientSession) -> None:
