@@ -262,6 +262,13 @@ def cached_entry(cache_key: str) -> CacheEntry | None:
     return fresh_entry(entry, time.time())
 
 
+@app.on_partitions_revoked.connect  # type: ignore[misc]
+async def _forget_decoded_entries(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+    """Tables of revoked partitions may change on another worker: drop decoded copies."""
+    if _executor is not None:
+        _executor.entries.clear()
+
+
 class BatchAck:
     """Acks a job batch's event once every job in it has its result in Kafka."""
 
@@ -354,13 +361,6 @@ async def edit_images(stream: faust.StreamT[bytes]) -> None:
 
 
 # --- aggregate ----------------------------------------------------------------------
-@app.on_partitions_revoked.connect  # type: ignore[misc]
-async def _forget_decoded_entries(app: faust.App, revoked: Any, **kwargs: Any) -> None:
-    """Tables of revoked partitions may change on another worker: drop decoded copies."""
-    if _executor is not None:
-        _executor.entries.clear()
-
-
 @app.agent(task_updates_topic)
 async def aggregate_tasks(stream: faust.StreamT[bytes]) -> None:
     """Fold plans and results into ``task_status``; publish each new result once and
