@@ -405,7 +405,11 @@ async def _run_fetch(url: str, pending: service.Pending[faust.EventT], previous:
             flagged = service.anomaly(entry.width, entry.height)
             if flagged is not None:
                 metrics.inc("dimension_anomalies_total", source="fetched")
-                log.warning("anomalous size %dx%d at %s: not cached", entry.width, entry.height, redact_url(url))
+                log.warning("anomalous size %dx%d at %s: not cached per session", entry.width, entry.height,
+                            redact_url(url))
+                entry = service.flagged_entry(entry, flagged, ttl=settings.dimension_failure_ttl)
+                if settings.dimension_failure_ttl > 0:
+                    _write_url_entry(url, pending, entry)
             else:
                 _write_url_entry(url, pending, entry)
         else:
@@ -435,8 +439,6 @@ async def _run_fetch(url: str, pending: service.Pending[faust.EventT], previous:
     for waiter in done.waiters.values():
         if entry is not None:
             update = service.update_from_url_entry(entry, waiter, source="fetched")
-            if flagged is not None:
-                update = DimensionUpdate(**{**update.asdict(), "flagged": flagged})
         else:
             assert error is not None
             update = service.failed_update(url, waiter, error, at=time.time(), retry_at=retry_at)

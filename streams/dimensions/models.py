@@ -158,6 +158,9 @@ class UrlEntry(_Record):
     #: without fetching.
     error: Optional[ErrorInfo] = None
     retry_at: float = 0.0
+    #: A real but implausible size (``"anomalous_size"``): answered flagged, never
+    #: cached per session, and remembered only until ``retry_at`` like a failure.
+    flagged: Optional[str] = None
 
 
 class SceneSizes(_Record):

@@ -16,6 +16,7 @@ Agents and views are thin loops around these:
 * :func:`remember_failure` / :func:`failure_ttl` -- the negative cache: permanent
   failures (404, not an image, ...) are remembered longer than transient ones;
 * :func:`revalidated_entry` -- an entry after a ``304 Not Modified``;
+* :func:`flagged_entry` -- an implausible size, remembered like a failure;
 * :class:`RememberedFailures` -- the key owners' memory of those failures;
 * :class:`RecentSet` and :class:`PendingFetches` -- in-flight dedupe with expiry.
 """
@@ -63,6 +64,7 @@ __all__ = [
     "failed_update",
     "failure_is_permanent",
     "failure_ttl",
+    "flagged_entry",
     "parse_bool",
     "parse_request",
     "placeholder_result",
@@ -301,9 +303,12 @@ def entry_from_update(update: DimensionUpdate) -> DimensionEntry:
 
 def url_entry_fresh(entry: UrlEntry | None, *, now: float, ttl: float) -> bool:
     """A URL entry with a size, younger than ``ttl`` seconds (``ttl <= 0``: never
-    expires).  A failure entry is never fresh (see :func:`url_entry_failed`)."""
+    expires); a flagged size until its ``retry_at``.  A failure entry is never fresh
+    (see :func:`url_entry_failed`)."""
     if entry is None or entry.error is not None:
         return False
+    if entry.flagged is not None:
+        return now < entry.retry_at
     if ttl <= 0:
         return True
     return now - entry.fetched_at < ttl
@@ -350,16 +355,17 @@ def plan_fetch(entry: UrlEntry | None, *, refresh: bool, now: float, ttl: float)
     """What a fetch job for the URL does, given the URL's table entry.
 
     ``refresh`` always fetches (unconditionally: the caller doubts what we have);
-    a remembered failure is answered until its ``retry_at``; a fresh size is
-    answered; an expired size with an ETag or Last-Modified is revalidated; anything
-    else is fetched."""
+    a remembered failure is answered until its ``retry_at``; a fresh size (a flagged
+    one: until its ``retry_at``) is answered; an expired size with an ETag or
+    Last-Modified is revalidated (a flagged one is fetched again); anything else is
+    fetched."""
     if refresh or entry is None:
         return FETCH
     if entry.error is not None:
         return FAILED if url_entry_failed(entry, now=now) else FETCH
     if url_entry_fresh(entry, now=now, ttl=ttl):
         return CACHED
-    if entry.etag or entry.last_modified:
+    if entry.flagged is None and (entry.etag or entry.last_modified):
         return REVALIDATE
     return FETCH
 
@@ -401,6 +407,13 @@ def revalidated_entry(
     )
 
 
+def flagged_entry(entry: UrlEntry, flag: str, *, ttl: float) -> UrlEntry:
+    """``entry`` with an implausible size: answered flagged, and remembered ``ttl``
+    seconds from its fetch (like a failure), so a hot URL is not fetched again on
+    every request.  With ``ttl <= 0`` it is never fresh."""
+    return UrlEntry(**{**entry.asdict(), "flagged": flag, "retry_at": entry.fetched_at + max(ttl, 0.0)})
+
+
 def failed_update(url: str, waiter: Waiter, error: ErrorInfo, *, at: float, retry_at: float = 0.0) -> DimensionUpdate:
     """What a waiter learns of a failed (or remembered failed) fetch."""
     return DimensionUpdate(
@@ -425,6 +438,7 @@ def update_from_url_entry(entry: UrlEntry, waiter: Waiter, *, source: str) -> Di
         orientation=entry.orientation,
         format=entry.format,
         bytes_read=entry.bytes_read,
+        flagged=entry.flagged,
     )
 
 

@@ -360,14 +360,19 @@ async def test_anomalous_sizes_are_flagged_and_not_cached(
 ) -> None:
     url, _ = images.add(png_header(20_000, 20_000))  # 400 megapixels
     key = ids()
+    flagged_for_us = lambda v: v.get("session_id") == key["session_id"] and v.get("flagged")  # noqa: E731
     async with TopicReader(kafka_bootstrap, worker.topic("dimension-results")) as results:
         status, first = await get_dims(worker, **key, url=url)
         assert first["source"] == "placeholder"
-        flagged = await results.collect(lambda v: v.get("session_id") == key["session_id"] and v.get("flagged"),
-                                        timeout=20)
-    assert flagged[0]["flagged"] == "anomalous_size" and flagged[0]["width"] == 20_000
-    status, again = await get_dims(worker, **key, url=url)
-    assert again["source"] == "placeholder"  # not cached
+        flagged = await results.collect(flagged_for_us, timeout=20)
+        assert flagged[0]["flagged"] == "anomalous_size" and flagged[0]["width"] == 20_000
+        status, again = await get_dims(worker, **key, url=url)
+        assert again["source"] == "placeholder"  # not cached per session...
+        # ... but the URL's size is remembered (like a failure): answered flagged again
+        # without asking the origin a second time.
+        both = await results.collect(flagged_for_us, count=2, timeout=20)
+        assert both[1]["flagged"] == "anomalous_size" and both[1]["height"] == 20_000
+    assert images.count(url) == 1
     # inline: 1x100 is beyond 1:50
     key = ids()
     status, body = await post_json(worker, "/api/v1/dimensions",

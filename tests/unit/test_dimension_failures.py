@@ -15,10 +15,12 @@ from streams.dimensions.service import (
     failed_update,
     failure_is_permanent,
     failure_ttl,
+    flagged_entry,
     plan_fetch,
     remember_failure,
     result_from_update,
     revalidated_entry,
+    update_from_url_entry,
     url_entry_failed,
     url_entry_fresh,
 )
@@ -135,6 +137,20 @@ def test_ttl_zero_never_expires_a_size_but_failures_still_expire() -> None:
     assert failure is not None
     assert plan_fetch(sized(0.0), refresh=False, now=1e9, ttl=0) == CACHED
     assert plan_fetch(failure, refresh=False, now=1e9, ttl=0) == FETCH
+
+
+def test_a_flagged_size_is_answered_until_its_retry_time_then_fetched_again() -> None:
+    now = 10_000.0
+    flagged = flagged_entry(sized(now), "anomalous_size", ttl=300)
+    assert (flagged.width, flagged.height, flagged.retry_at) == (10, 20, now + 300)
+    assert plan_fetch(flagged, refresh=False, now=now + 299, ttl=TTL) == CACHED
+    # shorter than the URL TTL, and never revalidated (a 304 would not re-check the size)
+    assert plan_fetch(flagged, refresh=False, now=now + 300, ttl=TTL) == FETCH
+    assert plan_fetch(flagged, refresh=True, now=now + 1, ttl=TTL) == FETCH
+    assert not url_entry_fresh(flagged_entry(sized(now), "anomalous_size", ttl=0), now=now, ttl=TTL)
+    waiter = Waiter(session_id="s", resource="r", scene="1", requested_at=now)
+    update = update_from_url_entry(flagged, waiter, source="cache")
+    assert update.flagged == "anomalous_size" and (update.width, update.height) == (10, 20)
 
 
 # ------------------------------------------------------------------ revalidated_entry
