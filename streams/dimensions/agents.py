@@ -370,6 +370,7 @@ async def _run_fetch(url: str, pending: service.Pending[faust.EventT], previous:
     entry: UrlEntry | None = None
     error: ErrorInfo | None = None
     http_status: int | None = None
+    retry_after: float | None = None
     retry_at = 0.0
     flagged: str | None = None
     outcome: Any = None
@@ -386,6 +387,7 @@ async def _run_fetch(url: str, pending: service.Pending[faust.EventT], previous:
             except FetchError as exc:
                 error = ErrorInfo(code=exc.reason, message=exc.message)
                 http_status = exc.http_status if isinstance(exc, HTTPStatusError) else None
+                retry_after = exc.retry_after if isinstance(exc, HTTPStatusError) else None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a bug in one fetch fails that fetch only
@@ -422,6 +424,7 @@ async def _run_fetch(url: str, pending: service.Pending[faust.EventT], previous:
                         url_dimensions.get(url), url, error, http_status=http_status, now=time.time(),
                         permanent_ttl=settings.dimension_failure_ttl,
                         transient_ttl=settings.dimension_transient_failure_ttl, url_ttl=settings.dimension_url_ttl,
+                        retry_after=retry_after,
                     )
                     if failed is not None:
                         url_dimensions[url] = failed

@@ -44,6 +44,7 @@ from yarl import URL
 from config.settings import Settings
 from streams.dimensions.netguard import GuardedConnector, redact_url, validate_url
 from streams.dimensions.probe import HeaderParser, ProbeResult, is_truncated
+from streams.dimensions.service import parse_retry_after
 from streams.errors import FetchError, InvalidImage, UnsupportedFormat
 
 __all__ = [
@@ -79,9 +80,11 @@ _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECAS
 class HTTPStatusError(FetchError):
     """The server answered with a status that is neither 2xx nor a redirect."""
 
-    def __init__(self, http_status: int, message: str) -> None:
+    def __init__(self, http_status: int, message: str, *, retry_after: float | None = None) -> None:
         super().__init__("http_status", message)
         self.http_status = http_status
+        #: Seconds the server asked us to wait (its ``Retry-After``), if it said.
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -305,7 +308,8 @@ class _Fetch:
             return target, response  # not modified: the caller reads no body
         if not 200 <= response.status < 300:
             response.close()
-            raise HTTPStatusError(response.status, f"HTTP {response.status} from {redact_url(target)}")
+            raise HTTPStatusError(response.status, f"HTTP {response.status} from {redact_url(target)}",
+                                  retry_after=parse_retry_after(response.headers.get("Retry-After"), now=time.time()))
         return target, response
 
     async def _range(self, url: URL, start: int, validator: str | None) -> aiohttp.ClientResponse | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email.utils
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ __all__ = [
     "failure_ttl",
     "flagged_entry",
     "parse_bool",
+    "parse_retry_after",
     "parse_request",
     "placeholder_result",
     "plan_fetch",
@@ -340,10 +342,36 @@ def failure_is_permanent(code: str, http_status: int | None = None) -> bool:
     return code in PERMANENT_FAILURES
 
 
-def failure_ttl(code: str, http_status: int | None, *, permanent_ttl: float, transient_ttl: float) -> float:
-    """Seconds a failure is remembered (0: not at all)."""
-    ttl = permanent_ttl if failure_is_permanent(code, http_status) else transient_ttl
-    return max(ttl, 0.0)
+def failure_ttl(code: str, http_status: int | None, *, permanent_ttl: float, transient_ttl: float,
+                retry_after: float | None = None) -> float:
+    """Seconds a failure is remembered (0: not at all).
+
+    A transient failure whose answer said ``Retry-After`` is remembered that long
+    (never shorter than ``transient_ttl``, never longer than ``permanent_ttl``)."""
+    if failure_is_permanent(code, http_status):
+        return max(permanent_ttl, 0.0)
+    if transient_ttl <= 0:
+        return 0.0
+    if retry_after is not None:
+        return max(transient_ttl, min(retry_after, max(permanent_ttl, transient_ttl)))
+    return transient_ttl
+
+
+def parse_retry_after(value: str | None, *, now: float) -> float | None:
+    """Seconds from ``now`` that a ``Retry-After`` header asks for: delta-seconds or an
+    HTTP date (RFC 9110 §10.2.3); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None  # HTTP dates are GMT; anything else is not one
+    return max(0.0, when.timestamp() - now)
 
 
 def url_entry_failed(entry: UrlEntry | None, *, now: float) -> bool:
@@ -380,12 +408,14 @@ def remember_failure(
     permanent_ttl: float,
     transient_ttl: float,
     url_ttl: float,
+    retry_after: float | None = None,
 ) -> UrlEntry | None:
     """The ``url_dimensions`` entry that records a failed fetch, or None to leave the
     table as it is: the failure's TTL is 0, or it is transient and the URL still has
     a fresh size (a blip during a ``refresh`` does not erase a good size; a 404
     does)."""
-    ttl = failure_ttl(error.code, http_status, permanent_ttl=permanent_ttl, transient_ttl=transient_ttl)
+    ttl = failure_ttl(error.code, http_status, permanent_ttl=permanent_ttl, transient_ttl=transient_ttl,
+                      retry_after=retry_after)
     if ttl <= 0:
         return None
     if not failure_is_permanent(error.code, http_status) and url_entry_fresh(previous, now=now, ttl=url_ttl):

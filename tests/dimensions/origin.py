@@ -38,6 +38,7 @@ class Resource:
     last_modified: str | None = LAST_MODIFIED
     conditional: bool = True  # False: the server ignores If-None-Match / If-Modified-Since
     status: int = 200  # anything else: that status, no body, no validators
+    retry_after: str | None = None  # sent with an error status
 
 
 class ConditionalServer:
@@ -100,7 +101,8 @@ class ConditionalServer:
         if res.status != 200:
             seen.status = res.status
             seen.done.set()
-            return web.Response(status=res.status, text="nope")
+            headers = {"Retry-After": res.retry_after} if res.retry_after else None
+            return web.Response(status=res.status, text="nope", headers=headers)
         validators = {k: v for k, v in (("ETag", res.etag), ("Last-Modified", res.last_modified)) if v}
         if self._not_modified(res, request):
             seen.status = 304

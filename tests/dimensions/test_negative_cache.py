@@ -5,6 +5,7 @@ condition with a deadline; expiry is waited for the same way (no sleeps)."""
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,6 +209,30 @@ async def test_a_transient_failure_is_remembered_briefly_then_retried(
 
 
 # --------------------------------------------------------------------- revalidation
+async def test_retry_after_keeps_a_transient_failure_as_long_as_the_origin_asked(
+    worker: Worker, origin: ConditionalServer, kafka_bootstrap: str
+) -> None:
+    path = name()
+    origin.resources[path] = Resource(b"", status=503, retry_after="60")  # TRANSIENT_TTL is 3 s
+    url, key = origin.url(path), ids()
+    async with TopicReader(kafka_bootstrap, worker.topic("imagestream-dimension-updates")) as updates:
+        asked = time.time()
+        await get_dims(worker, **key, url=url)
+        [failed] = await updates.collect(lambda v: v.get("session_id") == key["session_id"] and v.get("error"),
+                                         timeout=30)
+    assert failed["error"]["code"] == "http_status"
+    # remembered for the 60 s the origin asked, not for the 3 s transient TTL
+    assert asked + 59 <= failed["retry_at"] <= time.time() + 61
+    assert failed_with("http_status")(await until(
+        lambda: _answered(worker, key, url), "the remembered 503"))
+    assert origin.count(path) == 1
+
+
+async def _answered(worker: Worker, key: dict[str, str], url: str) -> dict[str, Any] | None:
+    body = await get_dims(worker, **key, url=url)
+    return body if body.get("error") else None
+
+
 async def test_an_expired_entry_is_revalidated_304_keeps_it_200_reprobes(
     worker: Worker, origin: ConditionalServer
 ) -> None:

@@ -16,6 +16,7 @@ from streams.dimensions.service import (
     failure_is_permanent,
     failure_ttl,
     flagged_entry,
+    parse_retry_after,
     plan_fetch,
     remember_failure,
     result_from_update,
@@ -45,9 +46,9 @@ def sized(fetched_at: float, *, etag: str | None = '"v1"', last_modified: str | 
 
 
 def remember(previous: UrlEntry | None, error: ErrorInfo, status: int | None, *, now: float = 1000.0,
-             permanent: float = 300.0, transient: float = 15.0) -> UrlEntry | None:
+             permanent: float = 300.0, transient: float = 15.0, retry_after: float | None = None) -> UrlEntry | None:
     return remember_failure(previous, URL, error, http_status=status, now=now, permanent_ttl=permanent,
-                            transient_ttl=transient, url_ttl=TTL)
+                            transient_ttl=transient, url_ttl=TTL, retry_after=retry_after)
 
 
 # ------------------------------------------------------------------ classification
@@ -137,6 +138,41 @@ def test_ttl_zero_never_expires_a_size_but_failures_still_expire() -> None:
     assert failure is not None
     assert plan_fetch(sized(0.0), refresh=False, now=1e9, ttl=0) == CACHED
     assert plan_fetch(failure, refresh=False, now=1e9, ttl=0) == FETCH
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120.0),
+        (" 0 ", 0.0),
+        ("Wed, 21 Oct 2015 07:30:00 GMT", 120.0),  # an HTTP date, 2 min after "now"
+        ("Wed, 21 Oct 2015 07:00:00 GMT", 0.0),  # in the past: now
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("-5", None),
+        ("1.5", None),
+        ("Wed, 21 Oct 2015 07:30:00", None),  # no zone: not an HTTP date
+    ],
+)
+def test_retry_after_is_seconds_or_an_http_date(value: str | None, seconds: float | None) -> None:
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert parse_retry_after(value, now=now) == seconds
+
+
+def test_retry_after_stretches_a_transient_failure_within_bounds() -> None:
+    def ttl(status: int, retry_after: float | None, transient: float = 15.0) -> float:
+        return failure_ttl("http_status", status, permanent_ttl=300.0, transient_ttl=transient,
+                           retry_after=retry_after)
+
+    assert ttl(503, 120) == 120  # as the server asked
+    assert ttl(429, 5) == 15  # never shorter than the transient TTL
+    assert ttl(503, 86_400) == 300  # nor longer than the permanent one
+    assert ttl(503, None) == 15
+    assert ttl(503, 120, transient=0) == 0  # transient failures not remembered: stays off
+    assert ttl(404, 5) == 300  # permanent failures ignore it
+    entry = remember(None, ErrorInfo(code="http_status", message="HTTP 503"), 503, now=1000.0, retry_after=120)
+    assert entry is not None and entry.retry_at == 1120.0
 
 
 def test_a_flagged_size_is_answered_until_its_retry_time_then_fetched_again() -> None:
