@@ -44,8 +44,8 @@ from yarl import URL
 from config.settings import Settings
 from streams.dimensions.netguard import GuardedConnector, redact_url, validate_url
 from streams.dimensions.probe import HeaderParser, ProbeResult, is_truncated
-from streams.dimensions.service import parse_retry_after
 from streams.errors import FetchError, InvalidImage, UnsupportedFormat
+from streams.httputil import parse_retry_after
 
 __all__ = [
     "FetchOutcome",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -67,7 +66,6 @@ __all__ = [
     "failure_ttl",
     "flagged_entry",
     "parse_bool",
-    "parse_retry_after",
     "parse_request",
     "placeholder_result",
     "plan_fetch",
@@ -355,23 +353,6 @@ def failure_ttl(code: str, http_status: int | None, *, permanent_ttl: float, tra
     if retry_after is not None:
         return max(transient_ttl, min(retry_after, max(permanent_ttl, transient_ttl)))
     return transient_ttl
-
-
-def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """Seconds from ``now`` that a ``Retry-After`` header asks for: delta-seconds or an
-    HTTP date (RFC 9110 §10.2.3); None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None  # HTTP dates are GMT; anything else is not one
-    return max(0.0, when.timestamp() - now)
 
 
 def url_entry_failed(entry: UrlEntry | None, *, now: float) -> bool:

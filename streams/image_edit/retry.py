@@ -26,22 +26,18 @@ first call failed).
 
 from __future__ import annotations
 
-import email.utils
-import math
 import random
-import time
 from dataclasses import dataclass
-from typing import Any
 
 from config.settings import Settings
 from streams.errors import ImagestreamError, UpstreamQuotaExhausted, UpstreamRateLimited
+from streams.httputil import parse_retry_after
 
 __all__ = [
     "RetryDecision",
     "RetryPolicy",
     "backoff_ceiling",
     "decide",
-    "parse_retry_after",
 ]
 
 # Reasons a decision gives (stable strings for logs and stats).
@@ -100,32 +96,6 @@ def backoff_ceiling(attempt: int, policy: RetryPolicy, *, factor: float = 1.0) -
     """``min(backoff_max, backoff_base * factor * 2 ** (attempt - 1))``."""
     exponent = min(attempt - 1, 62)  # 2**62 is plenty; avoids float overflow
     return min(policy.backoff_max, policy.backoff_base * factor * 2.0**exponent)
-
-
-def parse_retry_after(value: Any, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value: a number, digits, or an HTTP date.
-
-    Returns ``None`` for anything unusable; never negative.
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(text)
-            except (TypeError, ValueError):
-                return None
-            seconds = when.timestamp() - (time.time() if now is None else now)
-    else:
-        return None
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def _refusal(error: BaseException) -> str | None:

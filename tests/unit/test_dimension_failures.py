@@ -16,7 +16,6 @@ from streams.dimensions.service import (
     failure_is_permanent,
     failure_ttl,
     flagged_entry,
-    parse_retry_after,
     plan_fetch,
     remember_failure,
     result_from_update,
@@ -138,26 +137,6 @@ def test_ttl_zero_never_expires_a_size_but_failures_still_expire() -> None:
     assert failure is not None
     assert plan_fetch(sized(0.0), refresh=False, now=1e9, ttl=0) == CACHED
     assert plan_fetch(failure, refresh=False, now=1e9, ttl=0) == FETCH
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [
-        ("120", 120.0),
-        (" 0 ", 0.0),
-        ("Wed, 21 Oct 2015 07:30:00 GMT", 120.0),  # an HTTP date, 2 min after "now"
-        ("Wed, 21 Oct 2015 07:00:00 GMT", 0.0),  # in the past: now
-        (None, None),
-        ("", None),
-        ("soon", None),
-        ("-5", None),
-        ("1.5", None),
-        ("Wed, 21 Oct 2015 07:30:00", None),  # no zone: not an HTTP date
-    ],
-)
-def test_retry_after_is_seconds_or_an_http_date(value: str | None, seconds: float | None) -> None:
-    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
-    assert parse_retry_after(value, now=now) == seconds
 
 
 def test_retry_after_stretches_a_transient_failure_within_bounds() -> None:

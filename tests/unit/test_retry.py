@@ -24,8 +24,8 @@ from streams.image_edit.retry import (
     RetryPolicy,
     backoff_ceiling,
     decide,
-    parse_retry_after,
 )
+from streams.httputil import parse_retry_after
 
 POLICY = RetryPolicy(max_attempts=5, backoff_base=0.5, backoff_max=8.0, burst_factor=4.0, max_retry_after=30.0)
 
