@@ -160,6 +160,21 @@ async def get_json(url: str, token: str | None = None, timeout: float = 10) -> t
             return resp.status, body
 
 
+async def dimension_metrics(worker: Worker) -> dict[str, float] | None:
+    """The worker's ``imagestream_dimension_*`` series from ``/metrics`` (None unless 200)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{worker.url}/metrics") as resp:
+            if resp.status != 200:
+                return None
+            text = await resp.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("imagestream_dimension_") and " " in line:
+            series, value = line.rsplit(" ", 1)
+            out[series] = float(value)
+    return out
+
+
 async def all_ready(workers: list[Worker]) -> bool:
     """Every worker's /healthz answers 200."""
     async with aiohttp.ClientSession() as session:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.conftest import Emulator
 from tests.dimensions.origin import ConditionalServer, Resource
-from tests.support import TopicReader, Worker, jkey, produce, start_worker, wait_for
+from tests.support import TopicReader, Worker, dimension_metrics, jkey, produce, start_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -73,15 +73,9 @@ async def get_dims(worker: Worker, **params: Any) -> dict[str, Any]:
 
 
 async def metrics(worker: Worker) -> dict[str, float]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{worker.url}/metrics") as resp:
-            text = await resp.text()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("imagestream_dimension_") and " " in line:
-            series, value = line.rsplit(" ", 1)
-            out[series] = float(value)
-    return out
+    found = await dimension_metrics(worker)
+    assert found is not None, "/metrics did not answer 200"
+    return found
 
 
 async def until(check: Any, what: str, timeout: float = 30.0) -> Any:

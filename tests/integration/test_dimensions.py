@@ -27,7 +27,7 @@ from aiohttp import web
 from PIL import Image
 
 from tests.conftest import Emulator, Worker, start_worker
-from tests.support import TopicReader, all_ready, jkey, produce, serve_app, wait_for
+from tests.support import TopicReader, all_ready, dimension_metrics, jkey, produce, serve_app, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -141,21 +141,6 @@ async def wait_cached(worker: Worker, timeout: float = 20, **params: Any) -> dic
     return await wait_for(cached, timeout=timeout, what=f"cached dimensions for {params}")
 
 
-async def stats(worker: Worker) -> dict[str, float] | None:
-    """The worker's dimension counters from ``/metrics`` (None if it has none yet)."""
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{worker.url}/metrics") as resp:
-            if resp.status != 200:
-                return None
-            text = await resp.text()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("imagestream_dimension_") and " " in line:
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
 # --- the old system's list ----------------------------------------------------------
 async def test_fetch_success_then_cache_hit_without_refetch(worker: Worker, images: ImageServer) -> None:
     body = png(1000, 700, noise=True)
@@ -221,7 +206,7 @@ async def test_http_404_is_remembered_and_refresh_fetches_again(
     assert status == 200
     await wait_for(lambda: _retry_until_cached(worker, key, url), timeout=30, what="the size after recovery")
     assert images.count(url) == 2
-    metrics = await stats(worker)
+    metrics = await dimension_metrics(worker)
     if metrics is not None:
         assert metrics.get('imagestream_dimension_fetch_failures_total{reason="http_status"}', 0) >= 1
 
