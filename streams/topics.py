@@ -118,6 +118,21 @@ def produced_topic_names() -> list[str]:
     ]
 
 
+async def _declare(topic: faust.TopicT, client: AIOKafkaClient | None) -> None:
+    """Create one topic, retried with backoff while the broker is unreachable."""
+    delay = 0.5
+    while True:
+        try:
+            await topic.maybe_declare()
+            break
+        except KafkaError as exc:
+            log.warning("creating topic %s failed (%r); retrying in %.1fs", topic.get_topic_name(), exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    if client is not None:
+        track_in_producer_metadata(client, [topic.get_topic_name()])
+
+
 @app.task
 async def declare_topics() -> None:
     """Create every topic (idempotent) before agents produce to them, and have the
@@ -137,19 +152,8 @@ async def declare_topics() -> None:
             track_in_producer_metadata(client, [name for name in wanted if name in existing])
         except KafkaError as exc:
             log.warning("listing topics failed (%r); tracking them once created", exc)
-    pending = list(ALL_TOPICS)
-    delay = 0.5
-    while pending:
-        try:
-            await pending[0].maybe_declare()
-            if client is not None:
-                track_in_producer_metadata(client, [pending[0].get_topic_name()])
-            pending.pop(0)
-            delay = 0.5
-        except KafkaError as exc:
-            log.warning("creating topic %s failed (%r); retrying in %.1fs", pending[0].get_topic_name(), exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    # All at once: each creation waits for the broker's metadata to show the topic.
+    await asyncio.gather(*(_declare(topic, client) for topic in ALL_TOPICS))
     if client is not None:
         track_in_producer_metadata(client, wanted)  # changelogs, should one have been missing above
     topics_declared.set()
