@@ -7,6 +7,7 @@ and fails with what it last saw.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -38,18 +39,21 @@ def free_port() -> int:
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[T | None]],
+    check: Callable[[], Awaitable[T | None] | T | None],
     *,
     timeout: float,
     interval: float = 0.05,
     what: str = "condition",
 ) -> T:
-    """Poll ``check`` until it returns something truthy or ``timeout`` passes."""
+    """Poll ``check`` (a coroutine function, or a plain one) until it returns something
+    truthy or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while True:
         try:
-            result = await check()
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
             if result:
                 return result
         except Exception as exc:  # noqa: BLE001 - reported on timeout

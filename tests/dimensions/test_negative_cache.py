@@ -150,7 +150,7 @@ async def test_the_url_table_answers_jobs_for_a_broken_url_without_the_origin(
     origin.resources[path] = Resource(b"not an image at all" * 10)
     url = origin.url(path)
     await get_dims(worker, **ids(), url=url)
-    await until(lambda: _async(origin.count(path) == 1), "the first fetch")
+    await until(lambda: origin.count(path) == 1, "the first fetch")
     key = ids()
     job = {"url": url, "requested_at": 1.0, "refresh": False, "waiters": [{**key, "requested_at": 1.0}]}
     async with TopicReader(kafka_bootstrap, worker.topic("dimension-results")) as results:
@@ -167,10 +167,6 @@ async def test_the_url_table_answers_jobs_for_a_broken_url_without_the_origin(
 
 async def _failed(worker: Worker, url: str) -> bool:
     return failed_with("unsupported_format")(await get_dims(worker, **ids(), url=url))
-
-
-async def _async(value: Any) -> Any:
-    return value
 
 
 async def test_a_transient_failure_is_remembered_briefly_then_retried(

@@ -173,7 +173,7 @@ async def test_placeholder_is_answered_before_the_fetch_ends(worker: Worker, ima
     status, first = await get_dims(worker, **key, url=url)
     assert status == 200 and first["source"] == "placeholder"
     assert time.monotonic() - started < 1.0
-    await wait_for(lambda: _async(images.count(url) >= 1), timeout=20, what="the fetch to reach the server")
+    await wait_for(lambda: images.count(url) >= 1, timeout=20, what="the fetch to reach the server")
     status, again = await get_dims(worker, **key, url=url)  # fetch still held: still the placeholder
     assert again["source"] == "placeholder"
     assert served.gate is not None
@@ -221,10 +221,6 @@ async def _retry_until_cached(worker: Worker, key: dict[str, str], url: str) -> 
     return status == 200 and body["source"] == "cache" and body["width"] == 30
 
 
-async def _async(value: Any) -> Any:
-    return value
-
-
 async def test_several_records_the_latest_fetch_wins(worker: Worker, kafka_bootstrap: str) -> None:
     key = ids()
     url = "http://127.0.0.1:9/never-fetched.png"
@@ -257,7 +253,7 @@ async def test_one_fetch_per_url_under_100_concurrent_requests(worker: Worker, i
     requests = [s for s in sessions for _ in range(2)]  # 100 requests: 50 keys, each asked twice
     answers = await asyncio.gather(*(get_dims(worker, **s, url=url) for s in requests))
     assert all(status == 200 and body["source"] == "placeholder" for status, body in answers)
-    await wait_for(lambda: _async(images.count(url) >= 1), timeout=20, what="the fetch")
+    await wait_for(lambda: images.count(url) >= 1, timeout=20, what="the fetch")
     assert served.gate is not None
     served.gate.set()
     for s in sessions:
@@ -330,7 +326,7 @@ async def test_prewarm_fills_the_url_table_ahead_of_use(worker: Worker, images: 
     url, _ = images.add(png(111, 222))
     status, body = await post_json(worker, "/api/v1/dimensions/prewarm", {"urls": [url, url]})
     assert status == 202 and body["accepted"] == 2 and body["enqueued"] == 1
-    await wait_for(lambda: _async(images.count(url) >= 1), timeout=20, what="the prewarm fetch")
+    await wait_for(lambda: images.count(url) >= 1, timeout=20, what="the prewarm fetch")
     for _ in range(2):  # two new sessions: placeholder first, then the real size, no refetch
         key = ids()
         status, first = await get_dims(worker, **key, url=url)
