@@ -372,7 +372,6 @@ async def _run_fetch(url: str, pending: service.Pending[faust.EventT], previous:
     http_status: int | None = None
     retry_after: float | None = None
     retry_at = 0.0
-    flagged: str | None = None
     outcome: Any = None
     try:
         async with fetch_gate:
