@@ -99,7 +99,9 @@ class Settings:
     #: Largest HTTP request body (multipart upload of a whole task).
     max_request_bytes: int = 64 * 1024 * 1024
     api_token: str | None = field(default=None, repr=False)
-    api_url: str = "http://127.0.0.1:6066"
+    #: The base of the links the worker hands out (``result_url``); unset = the web
+    #: server it serves on (:attr:`public_url`).  Set it behind a proxy or load balancer.
+    api_url: str | None = None
     #: How other workers reach this one's web server (for table_route forwarding);
     #: default ``http://WEB_HOST:WEB_PORT``.  Set it when binding 0.0.0.0.
     canonical_url: str | None = None
@@ -177,6 +179,11 @@ class Settings:
             host = socket.gethostname()  # bound to every interface: others reach us by name
         return f"http://{host}:{self.web_port}"
 
+    @property
+    def public_url(self) -> str:
+        """Where clients reach this worker's API: ``IMAGESTREAM_API_URL``, else :attr:`web_url`."""
+        return (self.api_url or self.web_url).rstrip("/")
+
     def replace(self, **changes: object) -> Settings:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -207,24 +214,17 @@ class Settings:
         for f in dataclasses.fields(cls):
             if f.name in _SPECIAL:
                 continue
-            kind = {"int": int, "float": float, "str": str}.get(str(f.type))
+            kind = _KINDS.get(str(f.type))
             if kind is not None:
                 convert(f.name.upper(), f.name, kind)
 
         # Fields whose env names or types are not the plain upper-cased field.
-        convert("UPSTREAM_RPS", "upstream_rps", float)
-        convert("CACHE_TTL", "cache_ttl", float)
         if (raw := get("DATA_DIR")) is not None:
             values["data_dir"] = Path(raw)
         if (raw := get("PLACEHOLDER")) is not None:
             values["placeholder"] = parse_size(raw)
         if (raw := get("FETCH_ALLOWLIST")) is not None:
             values["fetch_allowlist"] = _parse_allowlist(raw)
-        if (raw := get("API_TOKEN")) is not None:
-            values["api_token"] = raw
-        for name in ("blob_url", "s3_endpoint", "s3_access_key", "s3_secret_key"):
-            if (raw := get(name.upper())) is not None:
-                values[name] = raw
         if (raw := get("BLOB_PRESIGN")) is not None:
             if raw.lower() not in _BOOLS:
                 raise SettingsError(f"{ENV_PREFIX}BLOB_PRESIGN={raw!r}: expected true/false")
@@ -275,17 +275,13 @@ _SPECIAL = frozenset(
         "data_dir",
         "placeholder",
         "fetch_allowlist",
-        "api_token",
-        "upstream_rps",
-        "cache_ttl",
         "dashscope_api_key",
         "dashscope_base_url",
-        "blob_url",
-        "s3_endpoint",
-        "s3_access_key",
-        "s3_secret_key",
         "blob_presign",
     }
 )
+
+#: Field types read from their ``IMAGESTREAM_<FIELD>`` variable as they are.
+_KINDS: dict[str, type] = {"int": int, "float": float, "str": str, "str | None": str, "float | None": float}
 
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

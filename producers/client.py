@@ -115,7 +115,7 @@ class ClientConfig:
             except SettingsError as exc:
                 raise InvalidInput(str(exc), code="invalid_settings") from None
         values: dict[str, Any] = {
-            "api_url": settings.api_url,
+            "api_url": settings.public_url,
             "kafka_bootstrap": settings.kafka_bootstrap,
             "topic_prefix": settings.topic_prefix,
             "api_token": settings.api_token,

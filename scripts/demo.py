@@ -39,6 +39,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class Failed(Exception):
+    """The demo cannot go on; the message says why."""
+
+
 def wait_until(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -49,7 +53,21 @@ def wait_until(check, timeout: float, what: str):  # type: ignore[no-untyped-def
         except (OSError, urllib.error.URLError):
             pass
         time.sleep(0.2)
-    raise SystemExit(f"demo: timed out waiting for {what}")
+    raise Failed(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def explain(api: str, worker_log: Path) -> None:
+    """Why the demo failed: the worker's /healthz body and the last lines of its log."""
+    try:
+        code, body = http_json("GET", f"{api}/healthz")
+        print(f"demo: /healthz answered {code}: {json.dumps(body)}", file=sys.stderr)
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        print(f"demo: /healthz did not answer ({exc})", file=sys.stderr)
+    try:
+        tail = worker_log.read_text(errors="replace").splitlines()[-40:]
+    except FileNotFoundError:
+        tail = ["(no worker log)"]
+    print(f"demo: the last lines of {worker_log}:", *tail, sep="\n  ", file=sys.stderr)
 
 
 def http_json(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
@@ -96,7 +114,7 @@ def run_task(api: str, files: list[tuple[str, bytes]], prompt: str) -> dict:
     body, ctype = multipart({"edit_type": "enhance", "edit_params": json.dumps({"prompt": prompt})}, files)
     status, accepted = http_json("POST", f"{api}/api/v1/image-edit/submit", body, {"Content-Type": ctype})
     if status != 202:
-        raise SystemExit(f"demo: submit answered {status}: {accepted}")
+        raise Failed(f"submit answered {status}: {accepted}")
     task_id = accepted["task_id"]
     print(f"  submitted task {task_id} ({accepted['total_images']} images)")
     last = -1
@@ -125,6 +143,7 @@ def main() -> int:
     env.setdefault("IMAGESTREAM_FETCH_ALLOWLIST", "127.0.0.1")
     use_real = bool(env.get("DASHSCOPE_API_KEY")) and not env.get("DASHSCOPE_HTTP_BASE_URL")
     py = sys.executable
+    api = ""
 
     def spawn(name: str, args: list[str]) -> None:
         log = open(logs / f"{name}.log", "wb")  # noqa: SIM115
@@ -145,10 +164,16 @@ def main() -> int:
             print(f"== DashScope emulator on http://127.0.0.1:{port} (lognormal latency, median 0.8 s)")
         web_port = free_port()
         env["IMAGESTREAM_WEB_PORT"] = str(web_port)
-        env["IMAGESTREAM_API_URL"] = api = f"http://127.0.0.1:{web_port}"
+        api = f"http://127.0.0.1:{web_port}"  # IMAGESTREAM_API_URL unset: result links follow the port
         spawn("worker", ["worker", "-l", "info"])
         started = time.monotonic()
-        wait_until(lambda: urllib.request.urlopen(f"{api}/healthz", timeout=2).status == 200, 180, "worker /healthz")
+
+        def worker_ready() -> bool:
+            if procs[-1].poll() is not None:
+                raise Failed(f"the worker exited with code {procs[-1].returncode}")
+            return http_json("GET", f"{api}/healthz")[0] == 200
+
+        wait_until(worker_ready, 180, "the worker's /healthz")
         print(f"== worker ready at {api} in {time.monotonic() - started:.1f}s (log: {logs / 'worker.log'})")
 
         # Against the emulator every run edits new pictures, so task 1 always shows the
@@ -181,7 +206,14 @@ def main() -> int:
                 stats = json.loads(r.read())
             print(f"  emulator: {stats.get('total_requests')} upstream calls in all, max {stats.get('max_in_flight')} "
                   f"in flight (at most 3 per partition; the images' cache keys spread them over partitions)")
-        return 0 if first["status"] == "completed" and hits == len(second["results"]) else 1
+        if first["status"] == "completed" and hits == len(second["results"]):
+            return 0
+        raise Failed(f"task 1 ended {first['status']}, task 2 had {hits}/{len(second['results'])} from the cache")
+    except Failed as exc:
+        print(f"demo: FAILED: {exc}", file=sys.stderr)
+        if api:
+            explain(api, logs / "worker.log")
+        return 1
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)

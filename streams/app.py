@@ -6,16 +6,19 @@ other module takes them from :data:`settings`.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import faust
 
 from config import Settings
 from streams.transport import Transport
 
-__all__ = ["app", "build_app", "settings"]
+__all__ = ["App", "app", "build_app", "settings"]
 
 #: Modules holding agents, tasks, timers and views; scanned when the worker starts.
 COMPONENT_MODULES = [
     "streams.topics",
+    "streams.readiness",
     "streams.web",
     "streams.stats_views",
     "streams.image_edit.agents",
@@ -31,10 +34,32 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
-def build_app(settings: Settings) -> faust.App:
-    """A configured ``faust.App`` (agents and views attach to it on import)."""
+class App(faust.App):
+    """Faust's App with one step added to its start: :attr:`topic_creator`.
+
+    mode starts a service's own ``on_start`` before its children, so the topics exist
+    (and the broker leads them) before the producer, the consumer and the agents start
+    and before the consumer joins its group.
+    """
+
+    #: Creates every topic (:func:`streams.topics.create_topics`, set when that loads).
+    topic_creator: Callable[[faust.App], Awaitable[None]] | None = None
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        #: Partitions of every topic as the broker has them (filled at start).
+        self.topic_partitions: dict[str, int] = {}
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self.topic_creator is not None:
+            await self.topic_creator(self)
+
+
+def build_app(settings: Settings) -> App:
+    """A configured :class:`App` (agents and views attach to it on import)."""
     settings.table_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = App(
         settings.app_id,
         broker=broker_urls(settings.kafka_bootstrap),
         store="rocksdb://",

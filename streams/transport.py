@@ -12,7 +12,7 @@ request per wait per broker.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import aiokafka
 from faust.transport.drivers import aiokafka as driver
@@ -27,10 +27,24 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = getattr(transport, "fetch_max_wait_ms", consumer._fetch_max_wait_ms)
         return consumer
 
+    async def refresh_metadata(self) -> None:
+        """Re-read the cluster's metadata now (in the consumer's own thread and loop)."""
+        await self.call_thread(self._refresh_metadata)
+
+    async def _refresh_metadata(self) -> None:
+        await self._ensure_consumer()._client.force_metadata_update()
+
 
 class Consumer(driver.Consumer):
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def refresh_metadata(self) -> None:
+        """Re-read the cluster's metadata now instead of at the next periodic refresh
+        (5 min).  aiokafka's coordinator rejoins the group when it sees a subscribed
+        topic's partition count change, so a topic the group's last assignment missed
+        gets its partitions assigned."""
+        await cast(ConsumerThread, self._thread).refresh_metadata()
 
 
 class Transport(driver.Transport):

@@ -1,4 +1,4 @@
-"""Shared web plumbing: JSON errors, bearer-token access, readiness and ``/healthz``.
+"""Shared web plumbing: JSON errors, bearer-token access and ``/healthz``.
 
 Every error leaves the API as ``{"error": {"code", "message"}}`` with a 4xx/5xx
 status, whatever raised it: an :class:`~streams.errors.ImagestreamError`, aiohttp's
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,9 +18,9 @@ from aiohttp import web
 
 from streams.app import app, settings
 from streams.errors import ImagestreamError
-from streams.topics import topics_declared
+from streams.readiness import readiness
 
-__all__ = ["Readiness", "authorized", "error_response", "readiness"]
+__all__ = ["authorized", "error_response", "readiness"]
 
 log = logging.getLogger(__name__)
 
@@ -30,54 +29,6 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> web.Re
     """The one shape of every error the HTTP API returns."""
     body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
     return web.json_response(body, status=status)
-
-
-class Readiness:
-    """Whether this worker has its partitions, its tables are recovered and every
-    topic it writes to exists.
-
-    Faust serves web views before the consumer has joined the group; views that
-    route to a table owner must say 503 until then (``table_route`` fails with an
-    empty ``_tps_url`` otherwise).
-    """
-
-    def __init__(self, app: faust.App) -> None:
-        self.app = app
-        self.assigned_at: float | None = None
-        self.started_at = time.time()
-
-    def on_assigned(self) -> None:
-        self.assigned_at = time.time()
-
-    @property
-    def ready(self) -> bool:
-        recovery = self.app.tables.recovery
-        return (
-            self.assigned_at is not None
-            and not self.app.rebalancing
-            and not recovery.in_recovery
-            and recovery.completed.is_set()
-            and topics_declared.is_set()
-        )
-
-    def describe(self) -> dict[str, Any]:
-        assignment = self.app.consumer.assignment() if self.assigned_at else set()
-        return {
-            "status": "ok" if self.ready else "starting",
-            "rebalancing": bool(self.app.rebalancing),
-            "in_recovery": bool(self.app.tables.recovery.in_recovery),
-            "topics_declared": topics_declared.is_set(),
-            "assigned_partitions": len(assignment),
-            "uptime_s": round(time.time() - self.started_at, 1),
-        }
-
-
-readiness = Readiness(app)
-
-
-@app.on_partitions_assigned.connect  # type: ignore[misc]
-async def _mark_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
-    readiness.on_assigned()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -122,6 +73,6 @@ app.web.web_app.middlewares.append(api_middleware)
 
 @app.page("/healthz")
 async def healthz(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-    """200 once the worker has its partitions and tables; 503 before."""
+    """200 when ready (:mod:`streams.readiness`); 503 before, naming what it waits for."""
     state = readiness.describe()
     return self.json(state, status=200 if readiness.ready else 503)

@@ -308,7 +308,6 @@ def start_worker(
         "IMAGESTREAM_APP_ID": app_id,
         "IMAGESTREAM_DATA_DIR": str(data_dir),
         "IMAGESTREAM_WEB_PORT": str(port),
-        "IMAGESTREAM_API_URL": f"http://127.0.0.1:{port}",
         "IMAGESTREAM_TOPIC_PARTITIONS": str(partitions),
         # Topics of their own: events left by earlier sessions on this broker are
         # not replayed, and each worker group can have its own partition count.

@@ -46,7 +46,7 @@ KNOWN_ENTRIES = 16384
 
 def result_url_for(settings: Settings, blob: str) -> str:
     """Where clients download a result: our own blob API, not the expiring upstream URL."""
-    return f"{settings.api_url.rstrip('/')}/api/v1/blobs/{blob}"
+    return f"{settings.public_url}/api/v1/blobs/{blob}"
 
 
 @dataclass(frozen=True)

@@ -88,3 +88,11 @@ def test_bucket_and_credentials_match(compose: dict[str, Any]) -> None:
     assert env["IMAGESTREAM_S3_SECRET_KEY"] == minio_env["MINIO_ROOT_PASSWORD"]
     bucket = env["IMAGESTREAM_BLOB_URL"].removeprefix("s3://").split("/")[0]
     assert f"local/{bucket}" in " ".join(compose["services"]["minio-bucket"]["command"])
+
+
+def test_worker_healthcheck_asks_healthz_on_the_port_it_serves(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    check = " ".join(worker["healthcheck"]["test"])
+    port = _worker_env(compose)["IMAGESTREAM_WEB_PORT"]
+    assert f"http://127.0.0.1:{port}/healthz" in check
+    assert worker["healthcheck"]["test"][:2] == ["CMD", "python"]
