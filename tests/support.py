@@ -31,6 +31,16 @@ ARTIFACTS = REPO / "test-artifacts"
 
 T = TypeVar("T")
 
+#: The topics the worker's agents consume (each must have all its partitions assigned).
+AGENT_SOURCE_TOPICS = (
+    "image-edit-requests",
+    "image-edit-jobs",
+    "imagestream-task-updates",
+    "dimension-requests",
+    "imagestream-dimension-fetches",
+    "imagestream-dimension-updates",
+)
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -21,6 +21,7 @@ import pytest
 
 from tests.reliability.conftest import form, make_png
 from tests.support import (
+    AGENT_SOURCE_TOPICS,
     Emulator,
     Worker,
     all_ready,
@@ -34,15 +35,7 @@ from tests.support import (
 
 pytestmark = pytest.mark.integration
 
-#: The agents' source topics (what must have all its partitions assigned).
-SOURCE_TOPICS = (
-    "image-edit-requests",
-    "image-edit-jobs",
-    "imagestream-task-updates",
-    "dimension-requests",
-    "imagestream-dimension-fetches",
-    "imagestream-dimension-updates",
-)
+SOURCE_TOPICS = AGENT_SOURCE_TOPICS
 
 
 class HealthWatch:

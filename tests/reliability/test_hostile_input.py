@@ -35,18 +35,20 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from tests.reliability.conftest import Fleet, b64, form, make_png, rss_kib, unique_app_id
-from tests.support import TopicReader, Worker, get_json, jkey, serve_app, submit, wait_task
+from tests.support import (
+    AGENT_SOURCE_TOPICS,
+    TopicReader,
+    Worker,
+    get_json,
+    jkey,
+    serve_app,
+    submit,
+    wait_task,
+)
 
 pytestmark = pytest.mark.integration
 
-INPUT_TOPICS = (
-    "image-edit-requests",
-    "image-edit-jobs",
-    "imagestream-task-updates",
-    "dimension-requests",
-    "imagestream-dimension-fetches",
-    "imagestream-dimension-updates",
-)
+INPUT_TOPICS = AGENT_SOURCE_TOPICS
 HUGE = 2 * 1024 * 1024
 
 

@@ -34,3 +34,33 @@ def test_producer_batches_hold_a_few_snapshots() -> None:
 def test_out_of_range_values_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError):
         Settings.from_env(env)
+
+
+# --- commits never skip an unfinished event -------------------------------------------
+from types import SimpleNamespace  # noqa: E402
+
+from faust.types import TP  # noqa: E402
+
+from streams.transport import commit_bound, oldest_unacked  # noqa: E402
+
+
+def test_commit_stops_below_the_oldest_event_still_running() -> None:
+    # Offset 5 still runs; 6 and 7 were acked first.  Faust's own rule committed 8.
+    assert commit_bound([6, 7], 5) == (None, [6, 7])
+    # 3 and 4 done, 5 running, 6 done: commit 5 (everything below it), keep 6 for later.
+    assert commit_bound([4, 3, 6], 5) == (5, [6])
+    assert commit_bound([], 5) == (None, [])
+
+
+def test_oldest_unacked_counts_this_generation_of_this_partition_only() -> None:
+    tp, other = TP("jobs", 0), TP("jobs", 1)
+    messages = [
+        SimpleNamespace(tp=tp, offset=9, acked=False, generation_id=2),
+        SimpleNamespace(tp=tp, offset=4, acked=True, generation_id=2),
+        SimpleNamespace(tp=tp, offset=2, acked=False, generation_id=1),  # left from an older assignment
+        SimpleNamespace(tp=other, offset=1, acked=False, generation_id=2),
+        SimpleNamespace(tp=tp, offset=7, acked=False, generation_id=2),
+    ]
+    assert oldest_unacked(messages, tp, 2) == 7
+    assert oldest_unacked(messages, other, 2) == 1
+    assert oldest_unacked(messages, TP("jobs", 3), 2) is None
