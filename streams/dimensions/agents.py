@@ -31,15 +31,18 @@ offset is acked only when its outcome has been delivered to Kafka.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import faust
 
 from streams.app import app, settings
 from streams.deadletter import dead_letter
 from streams.dimensions import service
+from streams.dimensions.hosts import load_policy
 from streams.dimensions.fetch import HTTPStatusError, NotModified, fetch_dimensions, redact_url, revalidate_dimensions
 from streams.dimensions.models import (
     DimensionEntry,
@@ -77,8 +80,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Fetches one worker runs at once (over all its partitions).
-FETCH_CONCURRENCY = 32
+#: Fetches one worker runs at once (over all its partitions and hosts).
+FETCH_CONCURRENCY = settings.dimension_fetch_concurrency
+#: Request headers and concurrency caps per host (IMAGESTREAM_DIMENSION_HEADERS_FILE);
+#: a malformed file stops the worker at start, naming the entry.
+host_policy = load_policy(settings.dimension_headers_file)
 #: Fetch jobs held (not yet acked) by one worker before the fetch agent pauses.
 MAX_HELD_JOBS = 10_000
 #: A worker enqueues a fetch for the same (URL, key) at most once per this many
@@ -373,16 +379,21 @@ async def _run_fetch(url: str, pending: service.Pending[faust.EventT], previous:
     retry_after: float | None = None
     retry_at = 0.0
     outcome: Any = None
+    # A capped host's slot first, then a worker slot: fetches queued for a fragile
+    # origin never hold worker slots that other hosts could use.
+    host_gate = host_policy.gate(urlsplit(url).hostname or "") or contextlib.nullcontext()
     try:
-        async with fetch_gate:
+        async with host_gate, fetch_gate:
             fetched_at = time.time()  # the fetch's start: a later start always wins
             metrics.inc("dimension_fetches_total")
             try:
                 if previous is not None:
                     outcome = await revalidate_dimensions(runtime().guarded_http, url, settings=settings,
-                                                          etag=previous.etag, last_modified=previous.last_modified)
+                                                          etag=previous.etag, last_modified=previous.last_modified,
+                                                          policy=host_policy)
                 else:
-                    outcome = await fetch_dimensions(runtime().guarded_http, url, settings=settings)
+                    outcome = await fetch_dimensions(runtime().guarded_http, url, settings=settings,
+                                                     policy=host_policy)
             except FetchError as exc:
                 error = ErrorInfo(code=exc.reason, message=exc.message)
                 http_status = exc.http_status if isinstance(exc, HTTPStatusError) else None
