@@ -85,13 +85,10 @@ async def _follow(memory: RememberedFailures) -> None:
     )
     await consumer.start()
     try:
-        while True:
-            await consumer.topics()  # a metadata refresh
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions:
-                break
+        while topic not in await consumer.topics():  # fresh metadata each time
             await asyncio.sleep(TOPIC_WAIT)  # the app creates its topics at start
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        # The app created the changelog with the table's partitions (streams.topics).
+        tps = [TopicPartition(topic, p) for p in range(url_dimensions.partitions or settings.topic_partitions)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         log.info("following %s (%d partitions) for remembered dimension failures", topic, len(tps))
