@@ -24,6 +24,7 @@ from streams.app import app, settings
 from streams.dimensions import service
 from streams.dimensions.models import DimensionRequest, DimensionResult, ErrorInfo
 from streams.dimensions.tables import dimensions
+from streams.publish import partition_for
 from streams.routing import ROUTED_HEADER, owner_of
 from streams.stats import metrics
 
@@ -75,13 +76,20 @@ async def answer_batch(batch: service.BatchRequest, *, via: str, local: Callable
     here: list[int] = []
     away: dict[URL, list[int]] = {}
     unowned: list[int] = []
+    owners: dict[int, Any] = {}
     for index, req in enumerate(batch.items):
         if req.data is not None or not forward:
             here.append(index)
             continue
-        try:
-            dest = owner_of(dimensions, service.dimension_key(req.session_id, req.resource, req.scene))
-        except KeyError:
+        key = service.dimension_key(req.session_id, req.resource, req.scene)
+        partition = partition_for(key, settings.topic_partitions)
+        if partition not in owners:  # the router's metadata is rebuilt on every call: once per partition
+            try:
+                owners[partition] = owner_of(dimensions, key)
+            except KeyError:
+                owners[partition] = KeyError
+        dest = owners[partition]
+        if dest is KeyError:
             unowned.append(index)
             continue
         (here if dest is None else away.setdefault(dest, [])).append(index)
