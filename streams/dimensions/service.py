@@ -295,7 +295,7 @@ def parse_batch(obj: Any, *, max_items: int, now: float | None = None) -> BatchR
                 if item.get(name) is not None and str(item.get(name)).strip() != value:
                     raise InvalidRequest(f"{name!r} differs from the batch's", code="invalid_parameter")
             req = parse_request({**item, "session_id": session_id, "scene": scene, "requested_at": at,
-                                 "refresh": item.get("refresh", refresh)})
+                                 "refresh": refresh if item.get("refresh") is None else item["refresh"]})
         except InvalidRequest as exc:
             raise InvalidRequest(f"items[{index}]: {exc.message}", code=exc.code) from None
         parsed.append(req)

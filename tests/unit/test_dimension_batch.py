@@ -14,11 +14,12 @@ from streams.errors import InvalidRequest
 def test_a_batch_parses_in_order_with_the_batch_session_scene_and_refresh() -> None:
     batch = parse_batch({"session_id": "s1", "scene": 7, "refresh": True, "request_id": "q",
                          "items": [{"resource": "a", "url": "https://e.com/a.png"},
-                                   {"resource": 2, "data": "iVBORw0KGgo=", "refresh": False}]},
+                                   {"resource": 2, "data": "iVBORw0KGgo=", "refresh": False},
+                                   {"resource": "c", "url": "https://e.com/c.png", "refresh": None}]},
                         max_items=10, now=123.0)
-    assert [i.resource for i in batch.items] == ["a", "2"]
+    assert [i.resource for i in batch.items] == ["a", "2", "c"]
     assert all(i.session_id == "s1" and i.scene == "7" and i.requested_at == 123.0 for i in batch.items)
-    assert [i.refresh for i in batch.items] == [True, False]
+    assert [i.refresh for i in batch.items] == [True, False, True]
     assert batch.request_id == "q" and is_batch({"items": []}) and not is_batch({"url": "x"})
     assert batch_key("a|b", "1") == "a\\|b|1"
 
