@@ -188,11 +188,15 @@ async def measure(api: str, pid: int, origin: Origin, label: str, latency: float
                for b in range(0, n, BATCH)]
     connector = aiohttp.TCPConnector(limit=32)
     async with aiohttp.ClientSession(connector=connector) as session:
+        side = None
+        if probe is not None:  # its key cached before the burst, then asked all along
+            ready = asyncio.Event()
+            side = asyncio.ensure_future(probe(ready))
+            await asyncio.wait_for(ready.wait(), 60)
         worker_cpu, bench_cpu = cpu_seconds(pid), own_cpu()
         started = time.perf_counter()
         first = await asyncio.gather(*(post_batch(session, api, b) for b in batches))
         assert all(item["source"] == "placeholder" for part in first for item in part)
-        side = asyncio.ensure_future(probe()) if probe is not None else None
         deadline = time.monotonic() + 120
         while len(origin.done) < n:
             if time.monotonic() > deadline:
@@ -216,7 +220,8 @@ async def measure(api: str, pid: int, origin: Origin, label: str, latency: float
                  worker_cpu / n * 1000, bench_cpu / n * 1000)
 
 
-async def cached_latencies(api: str, origin: Origin, view: list[float], client: list[float]) -> None:
+async def cached_latencies(api: str, origin: Origin, view: list[float], client: list[float],
+                           ready: asyncio.Event) -> None:
     """Sequential GETs of one cached key, for as long as it runs (cancelled)."""
     key = {"session_id": f"cached-{uuid.uuid4().hex[:6]}", "resource": "r", "scene": "chat",
            "url": f"{origin.base}/img/cached-{uuid.uuid4().hex[:6]}.png"}
@@ -234,6 +239,7 @@ async def cached_latencies(api: str, origin: Origin, view: list[float], client: 
         while (await get())["source"] != "cache":
             await asyncio.sleep(0.05)
         view.clear(), client.clear()
+        ready.set()
         while True:
             await get()
 
@@ -284,7 +290,7 @@ def start(label: str, concurrency: int | None, per_host: int | None) -> Any:
     dummy = Emulator(base_url="http://127.0.0.1:9", api_url="http://127.0.0.1:9/api/v1", api_key="unused",
                      proc=None)  # type: ignore[arg-type]
     print(f"starting a worker ({label}) against {bootstrap} ...", flush=True)
-    return start_worker(f"bench-fetch-{label.split()[0]}", kafka_bootstrap=bootstrap, emulator=dummy,
+    return start_worker(f"bench-fetch-{label.split()[0].replace('/', '-')}", kafka_bootstrap=bootstrap, emulator=dummy,
                         data_dir=Path(tempfile.mkdtemp(prefix="bench-fetch-")),
                         app_id=f"imagestream-benchfetch-{uuid.uuid4().hex[:8]}", partitions=4, extra_env=env)
 
@@ -307,13 +313,13 @@ async def run() -> int:
                 for latency in LATENCIES:
                     probe = None
                     if concurrency is None and latency == max(LATENCIES):
-                        probe = lambda: cached_latencies(worker.url, origin, view, client)  # noqa: E731
+                        probe = lambda ready: cached_latencies(worker.url, origin, view, client, ready)  # noqa: E731
                     point = await measure(worker.url, worker.proc.popen.pid, origin, f"{label} ({c}/{h})",
                                           latency, min(c, h) / latency, probe)
                     points.append(point)
                     print(f"  {point.label:<34} latency {latency * 1000:6.0f} ms  n={point.urls:<5} "
                           f"{point.fetch_rate:7.1f} fetches/s  {point.resolved_rate:7.1f} resolved/s  "
-                          f"max in flight {point.max_in_flight:<4} connections {point.connections:<5} "
+                          f"max in flight {point.max_in_flight:<4} new connections {point.connections:<5} "
                           f"CPU/fetch worker {point.worker_cpu_ms:.2f} ms, origin+client {point.bench_cpu_ms:.2f} ms",
                           flush=True)
             finally:
@@ -323,7 +329,7 @@ async def run() -> int:
             point = await measure_service(origin, latency, c, h)
             points.append(point)
             print(f"  {point.label:<34} latency {latency * 1000:6.0f} ms  n={point.urls:<5} "
-                  f"{point.fetch_rate:7.1f} fetches/s  max in flight {point.max_in_flight:<4} connections "
+                  f"{point.fetch_rate:7.1f} fetches/s  max in flight {point.max_in_flight:<4} new connections "
                   f"{point.connections:<5} CPU/fetch (fetch + parse) {point.worker_cpu_ms:.2f} ms", flush=True)
     finally:
         await origin.close()
