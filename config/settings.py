@@ -166,6 +166,19 @@ class Settings:
     #: 0: not remembered (the next request fetches again).
     dimension_transient_failure_ttl: float = 15.0
     placeholder: tuple[int, int] = (1080, 1920)
+    #: Header fetches one worker runs at once, over every host.  Object stores and
+    #: CDNs answer hundreds of concurrent requests; at an origin latency L a worker
+    #: fetches at most ``min(this, per_host) / L`` URLs of one host per second.
+    dimension_fetch_concurrency: int = 1024
+    #: Connections (so fetches) at once to one host; a fragile origin gets a lower
+    #: cap in the headers file (``dimension_headers_file``).
+    dimension_per_host: int = 512
+    #: Items one ``POST /api/v1/dimensions/batch`` (or batch event) may carry.
+    dimension_batch_max: int = 256
+    #: TOML file: host pattern → request headers (User-Agent, Referer, ...) and an
+    #: optional concurrency cap (:mod:`streams.dimensions.hosts`).  Unset: a default
+    #: User-Agent for every host, no caps below ``dimension_per_host``.
+    dimension_headers_file: Path | None = None
     fetch_allowlist: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network | str, ...] = ()
 
     # ------------------------------------------------------------------------------
@@ -234,6 +247,8 @@ class Settings:
         if (raw := get("DATA_DIR")) is not None:
             values["data_dir"] = Path(raw)
         values["host_data_dir"] = host_data_dir(env)
+        if (raw := get("DIMENSION_HEADERS_FILE")) is not None:
+            values["dimension_headers_file"] = Path(raw)
         if (raw := get("PLACEHOLDER")) is not None:
             values["placeholder"] = parse_size(raw)
         if (raw := get("FETCH_ALLOWLIST")) is not None:
@@ -272,6 +287,10 @@ class Settings:
                                 "(a batch must fit the broker's 1 MB message limit)")
         if self.dimension_failure_ttl < 0 or self.dimension_transient_failure_ttl < 0:
             raise SettingsError("IMAGESTREAM_DIMENSION_FAILURE_TTL and _TRANSIENT_FAILURE_TTL must be >= 0")
+        if self.dimension_fetch_concurrency < 1 or self.dimension_per_host < 1:
+            raise SettingsError("IMAGESTREAM_DIMENSION_FETCH_CONCURRENCY and _PER_HOST must be >= 1")
+        if not 1 <= self.dimension_batch_max <= 10_000:
+            raise SettingsError("IMAGESTREAM_DIMENSION_BATCH_MAX must be in [1, 10000]")
         if self.blob_url is not None:
             scheme, _, rest = self.blob_url.partition("://")
             if scheme not in ("s3", "file") or not rest.strip("/"):
@@ -287,6 +306,7 @@ _SPECIAL = frozenset(
     {
         "data_dir",
         "host_data_dir",
+        "dimension_headers_file",
         "placeholder",
         "fetch_allowlist",
         "dashscope_api_key",

@@ -6,6 +6,7 @@
     imagestream status TASK_ID         show a task
     imagestream watch TASK_ID          follow a task until it ends
     imagestream dims URL ...           the size of an image, for a session/resource/scene
+    imagestream dims --batch FILE ...  the sizes of many images of one session/scene (JSON file, - = stdin)
     imagestream stats                  a worker's counters
 
 Settings come from the environment (``IMAGESTREAM_*``, see config/settings.py);
@@ -247,9 +248,56 @@ async def _cmd_watch(args: argparse.Namespace, output: _Output) -> int:
     return exit_code_for_status(final.status)
 
 
+def _read_batch(path: str) -> tuple[list[Any], dict[str, Any]]:
+    """Items of a ``--batch`` file: a JSON list of ``{resource, url | data}``, or an
+    object ``{session_id?, scene?, items: [...]}``."""
+    from producers.errors import InvalidInput
+
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}", code="file_not_found") from None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{path} is not JSON: {exc}", code="invalid_json") from None
+    if isinstance(doc, dict) and isinstance(doc.get("items"), list):
+        return doc["items"], doc
+    if isinstance(doc, list):
+        return doc, {}
+    raise InvalidInput(f"{path}: expected a list of items or an object with items", code="invalid_parameter")
+
+
+async def _cmd_dims_batch(args: argparse.Namespace, output: _Output) -> int:
+    from producers.client import DimensionClient
+    from producers.errors import InvalidInput
+
+    items, doc = _read_batch(args.batch)
+    session_id = args.session or doc.get("session_id")
+    scene = args.scene if args.scene is not None else doc.get("scene")
+    if not session_id or scene in (None, ""):
+        raise InvalidInput("--session and --scene are needed (or session_id and scene in the file)",
+                           code="missing_parameter")
+    async with DimensionClient(config=_client_config(args)) as client:
+        results = await client.lookup_many(str(session_id), scene, items,
+                                           refresh=args.refresh or bool(doc.get("refresh")))
+    if output.json:
+        output.document({"items": [r.to_dict() for r in results]})
+        return EXIT_OK
+    for result in results:
+        fmt = f" {result.format}" if result.format else ""
+        line = f"{result.resource}\t{result.width}x{result.height}{fmt} (source: {result.source})"
+        if result.error is not None:
+            line += f" [{result.error.code}: {result.error.message}]"
+        output.say(line)
+    return EXIT_OK
+
+
 async def _cmd_dims(args: argparse.Namespace, output: _Output) -> int:
     from producers.client import DimensionClient
 
+    if args.batch is not None:
+        return await _cmd_dims_batch(args, output)
     async with DimensionClient(config=_client_config(args)) as client:
         result = await client.get(args.session, args.resource, args.scene, args.url, refresh=args.refresh)
     if output.json:
@@ -406,18 +454,29 @@ def build_parser() -> argparse.ArgumentParser:
     watch.set_defaults(func=_run_client_command)
 
     dims = sub.add_parser("dims", parents=[common], help="the size of an image for a session/resource/scene")
-    dims.add_argument("url", metavar="URL")
-    dims.add_argument("--session", required=True, metavar="SESSION_ID")
-    dims.add_argument("--resource", required=True)
-    dims.add_argument("--scene", required=True)
+    dims.add_argument("url", metavar="URL", nargs="?")
+    dims.add_argument("--batch", metavar="FILE", default=None,
+                      help='many images at once: a JSON list of {"resource", "url" | "data"} '
+                           '(or {"session_id", "scene", "items": [...]}); - reads stdin')
+    dims.add_argument("--session", default=None, metavar="SESSION_ID")
+    dims.add_argument("--resource", default=None)
+    dims.add_argument("--scene", default=None)
     dims.add_argument("--refresh", action="store_true", help="fetch again even if the size is known")
     dims.add_argument("--json", action="store_true", help="print the DimensionResult JSON")
-    dims.set_defaults(func=_run_client_command)
+    dims.set_defaults(func=_run_client_command, check=lambda a: _check_dims(dims, a))
 
     stats = sub.add_parser("stats", parents=[common], help="a worker's counters (GET /api/v1/stats)")
     stats.add_argument("--json", action="store_true", help="print the stats JSON document")
     stats.set_defaults(func=_run_client_command)
     return parser
+
+
+def _check_dims(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What argparse cannot say: a URL with its key, or --batch FILE (not both)."""
+    if args.batch is not None and args.url is not None:
+        parser.error("give a URL or --batch FILE, not both")
+    if args.batch is None and (args.url is None or not args.session or not args.resource or args.scene is None):
+        parser.error("URL needs --session, --resource and --scene (or use --batch FILE)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -428,6 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "worker":
         parser.usage_exit_code = 2  # type: ignore[attr-defined]  # as before the client commands existed
     args = parser.parse_args(argv)
+    if getattr(args, "check", None) is not None:
+        args.check(args)
     return int(args.func(args))
 
 

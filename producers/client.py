@@ -71,6 +71,11 @@ TaskEvent = Union[ImageResult, TaskStatus]
 
 _C = TypeVar("_C", bound="_BaseClient")
 
+#: Items per ``POST /api/v1/dimensions/batch`` (the worker's default
+#: ``IMAGESTREAM_DIMENSION_BATCH_MAX``); :meth:`DimensionClient.lookup_many` splits
+#: longer lists.
+BATCH_SIZE = 256
+
 
 @dataclass(frozen=True, kw_only=True)
 class ClientConfig:
@@ -516,6 +521,46 @@ class DimensionClient(_BaseClient):
         doc = await self._http.json("GET", "/api/v1/dimensions", params=query,
                                     retry_until=time.monotonic() + self.config.unavailable_grace)
         return DimensionResult.from_dict(doc)
+
+    async def lookup_many(self, session_id: str, scene: str | int,
+                          items: Iterable[Mapping[str, Any] | tuple[str | int, str]], *,
+                          refresh: bool = False, batch_size: int = BATCH_SIZE) -> list[DimensionResult]:
+        """The sizes of many images of one session and scene at once (e.g. every
+        screenshot of a conversation), in the order given: ``POST
+        /api/v1/dimensions/batch``.  ``items``: ``(resource, url)`` pairs or mappings
+        ``{resource, url | data, refresh?}`` (``data``: bytes or base64).  Each answer
+        is ``cache``, ``computed``, or ``placeholder`` while one background fetch per
+        new URL runs.  More than ``batch_size`` items go as several calls, at once
+        (the worker refuses more than its ``IMAGESTREAM_DIMENSION_BATCH_MAX``)."""
+        wire: list[dict[str, Any]] = []
+        for index, item in enumerate(items):
+            if isinstance(item, tuple):
+                if len(item) != 2:
+                    raise InvalidInput(f"items[{index}]: expected (resource, url)", code="invalid_parameter")
+                item = {"resource": item[0], "url": item[1]}
+            if not isinstance(item, Mapping) or item.get("resource") in (None, ""):
+                raise InvalidInput(f"items[{index}]: resource is required", code="missing_parameter")
+            entry = {k: item[k] for k in ("resource", "url", "data", "refresh") if item.get(k) is not None}
+            entry["resource"] = str(entry["resource"])
+            if isinstance(entry.get("data"), (bytes, bytearray)):
+                entry["data"] = base64.b64encode(bytes(entry["data"])).decode("ascii")
+            if "url" not in entry and "data" not in entry:
+                raise InvalidInput(f"items[{index}]: one of url or data is required", code="missing_parameter")
+            wire.append(entry)
+        if not wire:
+            return []
+        if batch_size < 1:
+            raise InvalidInput("batch_size must be >= 1", code="invalid_parameter")
+        retry_until = time.monotonic() + self.config.unavailable_grace
+
+        async def one(chunk: list[dict[str, Any]]) -> list[DimensionResult]:
+            body = {"session_id": session_id, "scene": str(scene), "items": chunk, "refresh": refresh}
+            doc = await self._http.json("POST", "/api/v1/dimensions/batch", json=body, retry_until=retry_until)
+            return [DimensionResult.from_dict(answer) for answer in doc.get("items", [])]
+
+        chunks = [wire[i:i + batch_size] for i in range(0, len(wire), batch_size)]
+        answers = await asyncio.gather(*(one(chunk) for chunk in chunks))
+        return [result for part in answers for result in part]
 
     async def compute(self, session_id: str, resource: str, scene: str | int,
                       data: bytes | str | os.PathLike[str]) -> DimensionResult:

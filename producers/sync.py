@@ -162,6 +162,12 @@ class SyncDimensionClient(_SyncBase):
         return self._loop.run(  # type: ignore[no-any-return]
             self._client.get(session_id, resource, scene, url, refresh=refresh))
 
+    def lookup_many(self, session_id: str, scene: str | int,
+                    items: Iterable[Mapping[str, Any] | tuple[str | int, str]], *,
+                    refresh: bool = False) -> list[DimensionResult]:
+        return self._loop.run(  # type: ignore[no-any-return]
+            self._client.lookup_many(session_id, scene, items, refresh=refresh))
+
     def compute(self, session_id: str, resource: str, scene: str | int,
                 data: bytes | str | os.PathLike[str]) -> DimensionResult:
         return self._loop.run(self._client.compute(session_id, resource, scene, data))  # type: ignore[no-any-return]

@@ -166,6 +166,31 @@ SCHEMAS: dict[str, Schema] = {
             "refresh": _BOOL,
         },
     },
+    "DimensionBatchRequest": {
+        "type": "object",
+        "required": ["session_id", "scene", "items"],
+        "description": "One session's images (e.g. a conversation's screenshots), answered in order; at most "
+                       "`IMAGESTREAM_DIMENSION_BATCH_MAX` items (default 256).",
+        "properties": {
+            "session_id": _STR,
+            "scene": _STR,
+            "refresh": _BOOL,
+            "items": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["resource"],
+                    "properties": {"resource": _STR, "url": _STR, "data": _STR, "refresh": _BOOL},
+                },
+            },
+        },
+    },
+    "DimensionBatchResult": {
+        "type": "object",
+        "required": ["items"],
+        "properties": {"items": {"type": "array", "items": _ref("DimensionResult")}},
+    },
     "PrewarmRequest": {
         "type": "object",
         "required": ["urls"],
@@ -414,6 +439,26 @@ PATHS: dict[str, dict[str, Any]] = {
                 "503": _NOT_READY,
             },
         },
+    },
+    "/api/v1/dimensions/batch": {
+        "post": {
+            "operationId": "postDimensionsBatch",
+            "tags": ["dimensions"],
+            "summary": "Many images of one session and scene at once: each cached, computed, or a placeholder "
+                       "while one header fetch per new URL runs",
+            "requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _ref("DimensionBatchRequest")}}},
+            "responses": {
+                "200": {**_json(_ref("DimensionBatchResult"), "one DimensionResult per item, in order (an item "
+                                                             "whose image is bad carries its `error`)"),
+                        "headers": {"Server-Timing": {"schema": _STR}}},
+                "400": _error("malformed body or item (the message names it), too many items", "invalid_json",
+                              "missing_parameter", "invalid_parameter", "invalid_url", "too_many_items"),
+                "401": _UNAUTHORIZED,
+                "413": _error("body too large", "request_too_large"),
+                "503": _NOT_READY,
+            },
+        }
     },
     "/api/v1/dimensions/prewarm": {
         "post": {

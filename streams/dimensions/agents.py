@@ -31,15 +31,21 @@ offset is acked only when its outcome has been delivered to Kafka.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import faust
+import orjson
 
 from streams.app import app, settings
 from streams.deadletter import dead_letter
 from streams.dimensions import service
+from streams.dimensions.batching import answer_batch
+from streams.dimensions.changes import follow_url_changes
+from streams.dimensions.hosts import load_policy
 from streams.dimensions.fetch import HTTPStatusError, NotModified, fetch_dimensions, redact_url, revalidate_dimensions
 from streams.dimensions.models import (
     DimensionEntry,
@@ -67,6 +73,7 @@ from streams.topics import (
 
 __all__ = [
     "answer",
+    "answer_many",
     "compute",
     "enqueue_fetch",
     "lookup",
@@ -77,8 +84,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Fetches one worker runs at once (over all its partitions).
-FETCH_CONCURRENCY = 32
+#: Fetches one worker runs at once (over all its partitions and hosts).
+FETCH_CONCURRENCY = settings.dimension_fetch_concurrency
+#: Request headers and concurrency caps per host (IMAGESTREAM_DIMENSION_HEADERS_FILE);
+#: a malformed file stops the worker at start, naming the entry.
+host_policy = load_policy(settings.dimension_headers_file)
 #: Fetch jobs held (not yet acked) by one worker before the fetch agent pauses.
 MAX_HELD_JOBS = 10_000
 #: A worker enqueues a fetch for the same (URL, key) at most once per this many
@@ -98,7 +108,9 @@ _pending: service.PendingFetches[faust.EventT] = service.PendingFetches(
     stale_after=settings.dimension_timeout * 3 + 5.0
 )
 #: URL → failure remembered until: requests for it are answered at once, no job.
+#: Kept in step with url_dimensions on every worker by its changelog.
 remembered_failures = service.RememberedFailures(max_size=REMEMBERED_FAILURES_MAX)
+follow_url_changes(remembered_failures)
 _placeholder_memo: dict[str, tuple[float, tuple[int, int]]] = {}
 
 for _name, _help in {
@@ -108,6 +120,8 @@ for _name, _help in {
     "dimension_placeholders_total": "Placeholder answers",
     "dimension_computed_total": "Sizes computed in-line from base64 data",
     "dimension_fetch_jobs_total": "Fetch jobs enqueued (after the per-worker dedupe)",
+    "dimension_batch_items_total": "Items of batch requests answered on this worker, by via",
+    "dimension_batches_total": "Batch requests answered (items spread over their owners), by via",
     "dimension_fetches_total": "Header fetches started",
     "dimension_fetches_coalesced_total": "Fetch jobs that joined a fetch already in flight",
     "dimension_url_cache_hits_total": "Fetch jobs answered from url_dimensions without fetching",
@@ -185,13 +199,22 @@ async def compute(req: DimensionRequest) -> DimensionResult:
     return service.result_from_update(update, placeholder=settings.placeholder)
 
 
-async def enqueue_fetch(req: DimensionRequest) -> bool:
+#: (URL, refresh) → the waiters of one batch: one fetch job per URL, not per item.
+Jobs = dict[tuple[str, bool], list[Waiter]]
+
+
+async def enqueue_fetch(req: DimensionRequest, jobs: Jobs | None = None) -> bool:
     """One FetchJob for this (URL, key) unless this worker sent one in the last few
-    seconds.  True if a job was sent."""
+    seconds.  True if a job was sent (or, with ``jobs``, collected for
+    :func:`send_jobs`)."""
     assert req.url is not None
     claim = (req.url, key_of(req), req.refresh)
     if not recent_enqueues.claim(claim):
         return False
+    if jobs is not None:
+        jobs.setdefault((req.url, req.refresh), []).append(
+            Waiter(session_id=req.session_id, resource=req.resource, scene=req.scene, requested_at=req.requested_at))
+        return True
     job = FetchJob(url=req.url, requested_at=req.requested_at, refresh=req.refresh,
                    waiters=[Waiter(session_id=req.session_id, resource=req.resource, scene=req.scene,
                                    requested_at=req.requested_at)])
@@ -206,10 +229,44 @@ async def enqueue_fetch(req: DimensionRequest) -> bool:
     return True
 
 
-async def answer(req: DimensionRequest, *, via: str) -> DimensionResult | None:
+def send_jobs(jobs: Jobs, *, requested_at: float) -> None:
+    """One FetchJob per URL of a batch, carrying all its waiters (buffered)."""
+    for (url, refresh), waiters in jobs.items():
+        job = FetchJob(url=url, requested_at=requested_at, refresh=refresh, waiters=waiters)
+        try:
+            dimension_fetch_topic.send_soon(key=url, value=job)
+        except Exception:
+            for waiter in waiters:
+                recent_enqueues.release((url, service.waiter_key(waiter), refresh))
+            raise
+        metrics.inc("dimension_fetch_jobs_total")
+
+
+async def answer_many(items: list[DimensionRequest], *, via: str) -> list[DimensionResult]:
+    """The immediate answers to the items of a batch whose keys this worker owns (or
+    that carry ``data``), in order; one fetch job per new URL.  An item whose image
+    is bad is answered with the placeholder and the error, never failing the rest."""
+    jobs: Jobs = {}
+    out: list[DimensionResult] = []
+    try:
+        for req in items:
+            try:
+                result = await answer(req, via=via, jobs=jobs)
+            except InputError as exc:
+                result = _error_result(req, exc)
+            assert result is not None  # every item has a url or data
+            out.append(result)
+    finally:
+        send_jobs(jobs, requested_at=time.time())
+    metrics.inc("dimension_batch_items_total", len(items), via=via)
+    return out
+
+
+async def answer(req: DimensionRequest, *, via: str, jobs: Jobs | None = None) -> DimensionResult | None:
     """The immediate answer to a request (on the worker owning its key): computed
     from ``data``, the cached entry, or the placeholder plus an enqueued fetch.
-    ``None``: a lookup without url/data found nothing."""
+    ``None``: a lookup without url/data found nothing.  ``jobs``: collect the fetch
+    job instead of sending it (a batch sends one per URL)."""
     if req.data is not None:
         result = await compute(req)
         metrics.inc("dimension_requests_total", source="computed", via=via)
@@ -220,7 +277,7 @@ async def answer(req: DimensionRequest, *, via: str) -> DimensionResult | None:
         metrics.inc("dimension_cache_hits_total")
         metrics.inc("dimension_requests_total", source="cache", via=via)
         if req.refresh and req.url is not None:
-            await enqueue_fetch(req)  # the cached size now, the new one when fetched
+            await enqueue_fetch(req, jobs)  # the cached size now, the new one when fetched
         return service.result_from_entry(req.session_id, req.resource, req.scene, entry)
     if req.url is None:
         return None
@@ -234,7 +291,7 @@ async def answer(req: DimensionRequest, *, via: str) -> DimensionResult | None:
     metrics.inc("dimension_cache_misses_total")
     metrics.inc("dimension_placeholders_total")
     metrics.inc("dimension_requests_total", source="placeholder", via=via)
-    await enqueue_fetch(req)
+    await enqueue_fetch(req, jobs)
     return service.placeholder_result(req, placeholder_for(req.scene))
 
 
@@ -252,7 +309,11 @@ async def answer_dimension_requests(stream: faust.StreamT[bytes]) -> None:
         raw = event.value
         topic = event.message.topic
         try:
-            req = service.parse_request(_json(raw))
+            doc = _json(raw)
+            if service.is_batch(doc):
+                await _answer_batch_event(event, service.parse_batch(doc, max_items=settings.dimension_batch_max))
+                continue
+            req = service.parse_request(doc)
         except InvalidRequest as exc:
             await dead_letter(source_topic=topic, key=event.key, raw=raw, code=exc.code, reason=exc.message)
             continue
@@ -274,6 +335,25 @@ async def answer_dimension_requests(stream: faust.StreamT[bytes]) -> None:
             log.exception("dimension request %s failed", key)
             await dead_letter(source_topic=topic, key=event.key, raw=raw, code="internal_error",
                               reason=f"{type(exc).__name__}: {exc}")
+
+
+async def _answer_batch_event(event: faust.EventT, batch: service.BatchRequest) -> None:
+    """One answer event on ``dimension-results`` for a whole batch, keyed as the
+    request was (else ``session_id|scene``).  Items owned by other workers are asked
+    of them over HTTP; any partition may carry a batch."""
+    key = event.key if isinstance(event.key, str) and event.key else service.batch_key(batch.session_id,
+                                                                                       batch.scene)
+    try:
+        items = await answer_batch(batch, via="kafka", local=answer_many)
+    except Exception as exc:  # noqa: BLE001 - a bug must not kill the agent
+        log.exception("dimension batch %s failed", key)
+        await dead_letter(source_topic=event.message.topic, key=event.key, raw=event.value, code="internal_error",
+                          reason=f"{type(exc).__name__}: {exc}")
+        return
+    body: dict[str, Any] = {"session_id": batch.session_id, "scene": batch.scene, "items": items}
+    if batch.request_id is not None:
+        body["request_id"] = batch.request_id
+    await dimension_results_topic.send(key=key, value=orjson.dumps(body))
 
 
 def _json(raw: Any) -> Any:
@@ -373,16 +453,21 @@ async def _run_fetch(url: str, pending: service.Pending[faust.EventT], previous:
     retry_after: float | None = None
     retry_at = 0.0
     outcome: Any = None
+    # A capped host's slot first, then a worker slot: fetches queued for a fragile
+    # origin never hold worker slots that other hosts could use.
+    host_gate = host_policy.gate(urlsplit(url).hostname or "") or contextlib.nullcontext()
     try:
-        async with fetch_gate:
+        async with host_gate, fetch_gate:
             fetched_at = time.time()  # the fetch's start: a later start always wins
             metrics.inc("dimension_fetches_total")
             try:
                 if previous is not None:
                     outcome = await revalidate_dimensions(runtime().guarded_http, url, settings=settings,
-                                                          etag=previous.etag, last_modified=previous.last_modified)
+                                                          etag=previous.etag, last_modified=previous.last_modified,
+                                                          policy=host_policy)
                 else:
-                    outcome = await fetch_dimensions(runtime().guarded_http, url, settings=settings)
+                    outcome = await fetch_dimensions(runtime().guarded_http, url, settings=settings,
+                                                     policy=host_policy)
             except FetchError as exc:
                 error = ErrorInfo(code=exc.reason, message=exc.message)
                 http_status = exc.http_status if isinstance(exc, HTTPStatusError) else None
@@ -539,7 +624,7 @@ async def apply_dimension_updates(stream: faust.StreamT[bytes]) -> None:
             recent_enqueues.release((update.url, key, False))
             recent_enqueues.release((update.url, key, True))
             if update.error is not None and update.retry_at > 0:
-                remembered_failures.remember(update.url, update.error, update.retry_at)
+                remembered_failures.remember(update.url, update.error, update.retry_at, at=update.fetched_at)
             elif update.error is None and update.flagged is None:
                 remembered_failures.forget(update.url)  # it works now (e.g. after a refresh)
         try:

@@ -42,6 +42,7 @@ import aiohttp
 from yarl import URL
 
 from config.settings import Settings
+from streams.dimensions.hosts import HostPolicy
 from streams.dimensions.netguard import GuardedConnector, redact_url, validate_url
 from streams.dimensions.probe import HeaderParser, ProbeResult, is_truncated
 from streams.errors import FetchError, InvalidImage, UnsupportedFormat
@@ -61,6 +62,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 USER_AGENT = "imagestream/0.1"
+#: A response whose unread rest is at most this long is read to its end, so its
+#: connection goes back to the pool (kept alive) instead of being closed; a longer
+#: rest is cut off (closing costs a new handshake later, reading on costs bandwidth).
+DRAIN_LIMIT = 64 * 1024
+#: The policy used when a caller passes none (default headers, no caps).
+_DEFAULT_POLICY = HostPolicy()
 #: Bytes asked of the response stream at a time (the most read past the header).
 DEFAULT_CHUNK_SIZE = 16 * 1024
 #: Skips longer than this use a Range request instead of reading through.
@@ -136,27 +143,28 @@ class NotModified:
     bytes_read: int = 0
 
 
-def make_session(settings: Settings, *, limit: int = 64, limit_per_host: int = 8) -> aiohttp.ClientSession:
+def make_session(settings: Settings, *, limit: int | None = None,
+                 limit_per_host: int | None = None) -> aiohttp.ClientSession:
     """The shared ClientSession for dimension fetches (call inside the running loop).
 
-    Guarded resolver/connector, no cookie jar, ``User-Agent: imagestream/0.1``,
-    ``Accept-Encoding: identity`` (byte offsets must be the file's, for Range).
-    The per-fetch deadline is applied by :func:`fetch_dimensions` itself.
+    Guarded resolver/connector with ``dimension_fetch_concurrency`` connections in
+    all and ``dimension_per_host`` per host (kept alive and reused: see
+    :data:`DRAIN_LIMIT`), no cookie jar, ``Accept-Encoding: identity`` (byte offsets
+    must be the file's, for Range).  User-Agent and the other per-host headers come
+    from the :class:`~streams.dimensions.hosts.HostPolicy` given to each fetch.  The
+    per-fetch deadline is applied by :func:`fetch_dimensions` itself.
     """
     connector = GuardedConnector(
         allowlist=settings.fetch_allowlist,
-        limit=limit,
-        limit_per_host=limit_per_host,
+        limit=limit or settings.dimension_fetch_concurrency,
+        limit_per_host=limit_per_host or settings.dimension_per_host,
         ttl_dns_cache=30,
+        keepalive_timeout=30,
     )
     return aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
-        headers={
-            "User-Agent": USER_AGENT,
-            "Accept": "image/*,*/*;q=0.5",
-            "Accept-Encoding": "identity",
-        },
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.dimension_timeout),
         trust_env=False,
     )
@@ -170,14 +178,17 @@ async def fetch_dimensions(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     range_threshold: int = DEFAULT_RANGE_THRESHOLD,
     orientation_budget: int = DEFAULT_ORIENTATION_BUDGET,
+    policy: HostPolicy | None = None,
 ) -> FetchOutcome:
     """Fetch just enough of ``url`` to know the image's size.
 
     ``session`` must come from :func:`make_session` (it carries the address guard);
-    None makes (and closes) a session for this one call.
+    None makes (and closes) a session for this one call.  ``policy``: the request
+    headers per host (default :data:`~streams.dimensions.hosts.DEFAULT_HEADERS`);
+    its concurrency caps are the caller's to apply (:meth:`HostPolicy.gate`).
     """
     outcome = await _fetch(session, url, settings=settings, chunk_size=chunk_size, range_threshold=range_threshold,
-                           orientation_budget=orientation_budget, conditions={})
+                           orientation_budget=orientation_budget, conditions={}, policy=policy)
     assert isinstance(outcome, FetchOutcome)  # no conditions: never a 304
     return outcome
 
@@ -192,6 +203,7 @@ async def revalidate_dimensions(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     range_threshold: int = DEFAULT_RANGE_THRESHOLD,
     orientation_budget: int = DEFAULT_ORIENTATION_BUDGET,
+    policy: HostPolicy | None = None,
 ) -> FetchOutcome | NotModified:
     """A conditional :func:`fetch_dimensions`: ``If-None-Match: etag`` and/or
     ``If-Modified-Since: last_modified`` on the GET (and on each redirect hop).
@@ -204,7 +216,7 @@ async def revalidate_dimensions(
     if last_modified:
         conditions["If-Modified-Since"] = last_modified
     return await _fetch(session, url, settings=settings, chunk_size=chunk_size, range_threshold=range_threshold,
-                        orientation_budget=orientation_budget, conditions=conditions)
+                        orientation_budget=orientation_budget, conditions=conditions, policy=policy)
 
 
 async def _fetch(
@@ -216,6 +228,7 @@ async def _fetch(
     range_threshold: int,
     orientation_budget: int,
     conditions: dict[str, str],
+    policy: HostPolicy | None = None,
 ) -> FetchOutcome | NotModified:
     own = session is None
     if session is None:
@@ -224,7 +237,8 @@ async def _fetch(
         raise TypeError("fetch_dimensions needs a session from make_session() (guarded connector)")
     elif session.connector.guard.allowlist != tuple(settings.fetch_allowlist):
         raise ValueError("the session was made with another fetch_allowlist than these settings")
-    fetch = _Fetch(session, settings, chunk_size, range_threshold, orientation_budget, conditions)
+    fetch = _Fetch(session, settings, chunk_size, range_threshold, orientation_budget, conditions,
+                   policy or _DEFAULT_POLICY)
     try:
         async with asyncio.timeout(settings.dimension_timeout):
             return await fetch.run(url)
@@ -249,8 +263,10 @@ class _Fetch:
         range_threshold: int,
         orientation_budget: int,
         conditions: dict[str, str] | None = None,
+        policy: HostPolicy = _DEFAULT_POLICY,
     ) -> None:
         self.session = session
+        self.policy = policy
         #: If-None-Match / If-Modified-Since of a revalidation (empty: a plain fetch).
         self.conditions = dict(conditions or {})
         self.settings = settings
@@ -264,11 +280,30 @@ class _Fetch:
 
     async def close(self) -> None:
         for response in self.responses:
-            response.close()  # closes the connection: an unread body is never drained
+            response.close()  # closes the connection: a long unread body is never drained
+
+    async def _done_with(self, response: aiohttp.ClientResponse) -> None:
+        """Give ``response``'s connection back to the pool when little of its body is
+        left (read it), else close it.  Within the fetch's deadline."""
+        try:
+            left = (response.content_length - response.content.total_bytes
+                    if response.content_length is not None else None)
+            if left is not None and 0 <= left <= DRAIN_LIMIT:
+                while await response.content.read(DEFAULT_CHUNK_SIZE):
+                    pass
+            if response.content.at_eof():
+                response.release()  # keep-alive: the next fetch of this host skips the handshake
+                return
+        except (aiohttp.ClientError, OSError):
+            pass
+        response.close()
 
     async def _get(self, url: URL, headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+        sent = self.policy.headers_for(url.raw_host or "")
+        if headers:
+            sent.update(headers)
         try:
-            response = await self.session.get(url, allow_redirects=False, headers=headers)
+            response = await self.session.get(url, allow_redirects=False, headers=sent)
         except FetchError:
             raise  # refused by the guarded resolver
         except aiohttp.InvalidURL as exc:
@@ -289,7 +324,7 @@ class _Fetch:
             if response.status not in _REDIRECTS:
                 break
             location = response.headers.get("Location")
-            response.close()
+            await self._done_with(response)
             if not location:
                 raise HTTPStatusError(response.status, f"HTTP {response.status} without Location from {redact_url(target)}")
             hops += 1
@@ -307,7 +342,7 @@ class _Fetch:
         if response.status == 304 and self.conditions:
             return target, response  # not modified: the caller reads no body
         if not 200 <= response.status < 300:
-            response.close()
+            await self._done_with(response)
             raise HTTPStatusError(response.status, f"HTTP {response.status} from {redact_url(target)}",
                                   retry_after=parse_retry_after(response.headers.get("Retry-After"), now=time.time()))
         return target, response
@@ -337,7 +372,7 @@ class _Fetch:
         target, response = await self._open(url)
         first = response
         if response.status == 304:
-            response.close()
+            await self._done_with(response)
             return NotModified(url=url, final_url=str(target), elapsed=time.monotonic() - self.started,
                                etag=response.headers.get("ETag"),
                                last_modified=response.headers.get("Last-Modified"))
@@ -400,6 +435,7 @@ class _Fetch:
             raise FetchError("unsupported_format", f"corrupt header: {exc.message} ({redact_url(target)})") from None
         if not orientation_known:
             log.debug("size of %s known, orientation not read", redact_url(target))
+        await self._done_with(response)
         return FetchOutcome(
             **asdict(result),
             url=url,

@@ -7,6 +7,7 @@ Agents and views are thin loops around these:
 * :func:`parse_request` -- validation of a request from a query string, a JSON body or
   a Kafka event (``scene`` may be an int); errors are :class:`InvalidRequest` with a
   specific ``code``;
+* :func:`parse_batch` -- the same for a batch (``items``: one conversation's images);
 * :func:`accept_update` -- latest write wins (by ``fetched_at`` for the same URL);
 * :func:`anomaly` -- sizes that are flagged and never cached;
 * :func:`record_size` / :func:`choose_placeholder` -- the smart placeholder per scene;
@@ -45,6 +46,10 @@ from streams.errors import ImageTooLarge, InvalidRequest
 
 __all__ = [
     "ANOMALOUS_SIZE",
+    "BatchRequest",
+    "batch_key",
+    "is_batch",
+    "parse_batch",
     "CACHED",
     "FAILED",
     "FETCH",
@@ -71,6 +76,7 @@ __all__ = [
     "plan_fetch",
     "record_size",
     "remember_failure",
+    "result_dict",
     "result_from_entry",
     "result_from_update",
     "revalidated_entry",
@@ -233,6 +239,68 @@ def parse_request(
         refresh=parse_bool(obj.get("refresh")),
         requested_at=float(requested_at),
     )
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """A validated batch: one session and scene, items in the caller's order."""
+
+    session_id: str
+    scene: str
+    items: tuple[DimensionRequest, ...]
+    refresh: bool = False
+    #: The caller's id for the batch (echoed in the answer event), if it gave one.
+    request_id: str | None = None
+
+
+def is_batch(obj: Any) -> bool:
+    """A request document that carries ``items`` (a batch), not a single image."""
+    return isinstance(obj, Mapping) and "items" in obj
+
+
+def batch_key(session_id: str, scene: str) -> str:
+    """Key of a batch's answer event when its request event had none."""
+    return f"{_escape(session_id)}|{_escape(scene)}"
+
+
+def parse_batch(obj: Any, *, max_items: int, now: float | None = None) -> BatchRequest:
+    """Validate ``{session_id, scene, items: [{resource, url | data, refresh?}], refresh?,
+    request_id?}``.  Every item needs a ``resource`` and a ``url`` or ``data``; an item
+    may not name another session or scene.  Errors name the item (``items[3]: ...``);
+    more than ``max_items`` items is ``too_many_items``."""
+    if not isinstance(obj, Mapping):
+        raise InvalidRequest("request must be a JSON object", code="invalid_request")
+    session_id = _text(obj, "session_id")
+    scene = _text(obj, "scene", allow_int=True)
+    request_id = _text(obj, "request_id", required=False, allow_int=True)
+    items = obj.get("items")
+    if not isinstance(items, list):
+        raise InvalidRequest("'items' must be a list of {resource, url | data}", code="invalid_parameter")
+    if not items:
+        raise InvalidRequest("'items' is empty", code="missing_parameter")
+    if len(items) > max_items:
+        raise InvalidRequest(f"{len(items)} items; at most {max_items} per batch", code="too_many_items")
+    refresh = parse_bool(obj.get("refresh"))
+    at = time.time() if now is None else now
+    requested_at = obj.get("requested_at")
+    if isinstance(requested_at, (int, float)) and not isinstance(requested_at, bool) and requested_at > 0:
+        at = float(requested_at)
+    assert session_id is not None and scene is not None
+    parsed: list[DimensionRequest] = []
+    for index, item in enumerate(items):
+        try:
+            if not isinstance(item, Mapping):
+                raise InvalidRequest("must be an object {resource, url | data}", code="invalid_parameter")
+            for name, value in (("session_id", session_id), ("scene", scene)):
+                if item.get(name) is not None and str(item.get(name)).strip() != value:
+                    raise InvalidRequest(f"{name!r} differs from the batch's", code="invalid_parameter")
+            req = parse_request({**item, "session_id": session_id, "scene": scene, "requested_at": at,
+                                 "refresh": refresh if item.get("refresh") is None else item["refresh"]})
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"items[{index}]: {exc.message}", code=exc.code) from None
+        parsed.append(req)
+    return BatchRequest(session_id=session_id, scene=scene, items=tuple(parsed), refresh=refresh,
+                        request_id=request_id)
 
 
 def decode_base64(data: str, *, max_bytes: int) -> bytes:
@@ -525,6 +593,15 @@ def placeholder_result(
     )
 
 
+def result_dict(result: DimensionResult) -> dict[str, Any]:
+    """A result as the plain JSON object of the API and the topics."""
+    body = result.asdict()
+    error = body.get("error")
+    if error is not None and not isinstance(error, dict):
+        body["error"] = error.asdict()
+    return body
+
+
 def result_from_entry(session_id: str, resource: str, scene: str, entry: DimensionEntry,
                       *, source: str = "cache") -> DimensionResult:
     return DimensionResult(
@@ -609,16 +686,26 @@ class RememberedFailures:
     A read-through memory of ``url_dimensions`` (the truth, on the URL's partition,
     which survives restarts): after a restart the first request for the URL sends a
     job, answered from the table without a request to the origin, and its update
-    fills this again.  Bounded (oldest dropped first); wall clock, as ``until`` is
-    set by another worker."""
+    fills this again.  Every change of the URL's table entry, on whichever worker
+    wrote it, reaches :meth:`apply_entry` (from the table's changelog): a size there
+    (a ``refresh`` that worked) forgets the failure at once on every worker, not
+    when its TTL runs out.  Bounded (oldest dropped first); wall clock, as ``until``
+    is set by another worker."""
 
     def __init__(self, *, max_size: int = 100_000, clock: Callable[[], float] = time.time) -> None:
         self.max_size = max_size
         self.clock = clock
         self._items: dict[str, tuple[ErrorInfo, float]] = {}
+        #: URL → fetched_at of the size that cleared its failure: an older failure
+        #: arriving late (its update lagging the changelog) is not remembered again.
+        self._cleared: dict[str, float] = {}
 
-    def remember(self, url: str, error: ErrorInfo, until: float) -> None:
+    def remember(self, url: str, error: ErrorInfo, until: float, *, at: float | None = None) -> None:
+        """Remember ``url``'s failure until ``until``; ``at``: when it failed (ignored
+        if a size fetched later already cleared it)."""
         if until <= self.clock():
+            return
+        if at is not None and self._cleared.get(url, float("-inf")) >= at:
             return
         self._items.pop(url, None)
         self._items[url] = (error, until)
@@ -637,6 +724,25 @@ class RememberedFailures:
 
     def forget(self, url: str) -> None:
         self._items.pop(url, None)
+
+    def watches(self, url: str) -> bool:
+        """Whether a change of ``url``'s table entry matters here (cheap: a dict lookup)."""
+        return url in self._items
+
+    def apply_entry(self, url: str, entry: UrlEntry | None) -> None:
+        """``url``'s table entry changed (``None``: deleted): follow it.  A size or a
+        flagged size forgets the failure; another failure replaces it (a renewal, a
+        different error)."""
+        if entry is not None and entry.error is not None:
+            self._items.pop(url, None)
+            self.remember(url, entry.error, entry.retry_at)
+            return
+        self._items.pop(url, None)
+        if entry is not None:
+            self._cleared.pop(url, None)
+            self._cleared[url] = entry.fetched_at
+            while len(self._cleared) > self.max_size:
+                del self._cleared[next(iter(self._cleared))]
 
     def __len__(self) -> int:
         return len(self._items)

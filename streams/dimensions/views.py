@@ -11,6 +11,13 @@
     (``source: computed``) and recorded for later GETs.  A body with ``url`` and
     no ``data`` behaves like the GET.
 
+``POST /api/v1/dimensions/batch`` with ``{session_id, scene, items: [{resource, url | data}], refresh?}``
+    One conversation's images in one call: ``{"items": [DimensionResult, ...]}`` in
+    the same order, each answered at once like the GET / POST above (one background
+    fetch per new URL), at most ``IMAGESTREAM_DIMENSION_BATCH_MAX`` items (more: 400
+    ``too_many_items``).  Items owned by other workers are asked of them, one
+    forwarded batch per owner (:mod:`streams.dimensions.batching`).
+
 ``POST /api/v1/dimensions/prewarm`` with ``{"urls": [...], "refresh": false}``
     Enqueues up to :data:`PREWARM_MAX_URLS` fetches that fill the URL table, so a
     later request for any session is answered from it without fetching.  202.
@@ -31,7 +38,8 @@ from yarl import URL
 
 from streams.app import app, settings
 from streams.dimensions import service
-from streams.dimensions.agents import answer, compute, key_of, recent_enqueues
+from streams.dimensions.agents import answer, answer_many, compute, key_of, recent_enqueues
+from streams.dimensions.batching import BATCH_PATH, answer_batch
 from streams.dimensions.models import DimensionRequest, FetchJob
 from streams.dimensions.tables import dimensions
 from streams.errors import InvalidRequest
@@ -133,6 +141,22 @@ class DimensionsView(faust.web.View):
         result = await compute(req)
         metrics.inc("dimension_requests_total", source="computed", via="http")
         return _result_response(result, started)
+
+
+@app.page(BATCH_PATH)
+class DimensionBatchView(faust.web.View):
+    """Many images of one session and scene in one call, answered in order."""
+
+    async def post(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        if not readiness.ready:
+            return not_ready()
+        batch = service.parse_batch(await _json_body(request), max_items=settings.dimension_batch_max)
+        items = await answer_batch(batch, via="http", local=answer_many, forward=ROUTED_HEADER not in request.headers)
+        response = web.json_response({"items": items}, dumps=lambda obj: json.dumps(obj, separators=(",", ":")))
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.3f}"
+        return response
 
 
 @app.page("/api/v1/dimensions/prewarm")

@@ -438,7 +438,7 @@ async def test_session_must_be_guarded(server: ImageServer) -> None:
 async def test_session_defaults(server: ImageServer) -> None:
     async with make_session(LOCAL) as s:
         assert isinstance(s.cookie_jar, aiohttp.DummyCookieJar)
-        assert s.headers["User-Agent"] == "imagestream/0.1"
+        assert s.headers["Accept-Encoding"] == "identity"
         assert isinstance(s.connector, GuardedConnector) and s.connector.limit > 0
 
 

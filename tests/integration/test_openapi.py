@@ -194,6 +194,14 @@ async def test_every_documented_operation_answers_as_documented(worker: Worker) 
                        headers={"Content-Type": "application/json"})
         await api.call("POST", "/api/v1/dimensions/prewarm", json={"urls": [image_url]}, expect=202)
         await api.call("POST", "/api/v1/dimensions/prewarm", json={"urls": []}, expect=400)
+        batch = {"session_id": ident["session_id"], "scene": "feed",
+                 "items": [{"resource": "b1", "url": image_url},
+                           {"resource": "b2", "data": base64.b64encode(_png(8, (12, 34))).decode()},
+                           {"resource": "b3", "data": base64.b64encode(b"not an image").decode()}]}
+        answered = (await api.call("POST", "/api/v1/dimensions/batch", json=batch, expect=200)).json()["items"]
+        assert [item["resource"] for item in answered] == ["b1", "b2", "b3"]
+        assert (answered[1]["width"], answered[1]["height"]) == (12, 34) and answered[2]["error"] is not None
+        await api.call("POST", "/api/v1/dimensions/batch", json={**batch, "items": []}, expect=400)
 
         # --- operations and pages -------------------------------------------------------
         await api.call("GET", "/api/v1/stats", expect=200)

@@ -184,3 +184,16 @@ def test_bar_on_a_terminal_lines_elsewhere() -> None:
     assert plain.getvalue().splitlines() == ["[1/2] i0.png completed (cache HIT, 12 ms)",
                                              "[2/2] i1.png failed (no reason given)"]
     assert make_progress(plain, 2, quiet=True).__class__.__name__ == "NullProgress"
+
+
+@pytest.mark.parametrize("argv", [["dims", "--batch", "f.json", "http://h/x.png"], ["dims", "--session", "s"],
+                                  ["dims", "http://h/x.png", "--session", "s", "--resource", "r"]])
+def test_dims_needs_a_url_with_its_key_or_a_batch(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == cli.EXIT_USAGE and "usage:" in capsys.readouterr().err
+
+
+def test_dims_batch_parses() -> None:
+    args = parse("dims", "--batch", "-", "--session", "s", "--scene", "2")
+    assert (args.batch, args.url, args.session, args.scene) == ("-", None, "s", "2")
