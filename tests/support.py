@@ -46,7 +46,14 @@ async def wait_for(
     what: str = "condition",
 ) -> T:
     """Poll ``check`` (a coroutine function, or a plain one) until it returns something
-    truthy or ``timeout`` passes."""
+    truthy or ``timeout`` passes.
+
+    "Not yet" is a falsy result or any exception other than :class:`AssertionError`
+    (a refused connection while a server starts, a 503, a ``KeyError`` on a document
+    still being built): polled again, and the last one is named on timeout.  An
+    ``AssertionError`` is a check that failed, not one still waiting: it is raised at
+    once, so a violation seen once is reported and a deliberate fail-fast fails fast.
+    """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while True:
@@ -56,7 +63,9 @@ async def wait_for(
                 result = await result
             if result:
                 return result
-        except Exception as exc:  # noqa: BLE001 - reported on timeout
+        except AssertionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - "not yet"; reported on timeout
             last_error = exc
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last error: {last_error!r}")
@@ -64,6 +73,7 @@ async def wait_for(
 
 
 def wait_for_sync(check: Callable[[], T | None], *, timeout: float, interval: float = 0.1, what: str = "condition") -> T:
+    """:func:`wait_for` for code outside the event loop (same rules for "not yet")."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while True:
@@ -71,7 +81,9 @@ def wait_for_sync(check: Callable[[], T | None], *, timeout: float, interval: fl
             result = check()
             if result:
                 return result
-        except Exception as exc:  # noqa: BLE001
+        except AssertionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - "not yet"; reported on timeout
             last_error = exc
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last error: {last_error!r}")
