@@ -312,8 +312,12 @@ def start_worker(
     partitions: int = 1,
     extra_env: dict[str, str] | None = None,
     port: int | None = None,
+    on_spawn: Callable[[Proc], None] | None = None,
 ) -> Worker:
-    """Start ``imagestream worker`` as a subprocess; returns once /healthz says ready."""
+    """Start ``imagestream worker`` as a subprocess; returns once /healthz says ready.
+
+    ``on_spawn`` runs right after the process exists, before the wait for /healthz
+    (a test can disturb the worker's start-up there)."""
     port = port or free_port()
     env = {
         "IMAGESTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
@@ -331,6 +335,12 @@ def start_worker(
     }
     proc = spawn(name, imagestream_cmd("worker", "-l", "info"), env, ARTIFACTS)
     url = f"http://127.0.0.1:{port}"
+    if on_spawn is not None:
+        try:
+            on_spawn(proc)
+        except BaseException:
+            proc.stop()
+            raise
 
     def ready() -> bool:
         if not proc.alive():
