@@ -62,11 +62,13 @@ async def pair(module_fleet: Fleet) -> Pair:
     return Pair(emulator, a, b, app_id, shared)
 
 
-async def _assigned(workers: list[Worker]) -> list[int] | None:
-    """Partitions each worker holds, once every one is ready and holds some."""
+async def _assigned(workers: list[Worker], total: int | None = None) -> list[int] | None:
+    """Partitions each worker holds, once every one is ready, not rebalancing and holds
+    some (and, given ``total``, once together they hold exactly that many)."""
     docs = [await get_json(f"{w.url}/healthz") for w in workers]
-    if all(status == 200 and doc["assigned_partitions"] > 0 for status, doc in docs):
-        return [doc["assigned_partitions"] for _, doc in docs]
+    if all(status == 200 and not doc["rebalancing"] and doc["assigned_partitions"] > 0 for status, doc in docs):
+        held = [doc["assigned_partitions"] for _, doc in docs]
+        return held if total is None or sum(held) == total else None
     return None
 
 
@@ -105,11 +107,13 @@ async def test_tasks_spread_over_both_and_read_on_either(pair: Pair) -> None:
 
 
 async def test_stopping_one_worker_moves_its_partitions_and_its_tasks_finish(pair: Pair, module_fleet: Fleet) -> None:
+    # Every partition of the app's topics, as the settled pair holds them now.
+    total = sum(await wait_for(lambda: _assigned([pair.a, pair.b]), timeout=60, interval=0.2,
+                               what="the pair to hold its partitions"))
     c = await module_fleet.worker("rel-pair-c", emulator=pair.emulator, app_id=pair.app_id, partitions=PARTITIONS,
                                   extra_env=pair.env)
-    held = await wait_for(lambda: _assigned([pair.a, pair.b, c]), timeout=90, interval=0.2,
-                          what="all three workers to hold partitions")
-    total = sum(held)
+    held = await wait_for(lambda: _assigned([pair.a, pair.b, c], total), timeout=90, interval=0.2,
+                          what=f"the three workers to share the {total} partitions")
     await emulator_config(pair.emulator, latency="fixed:1.5")
     try:
         salt = uuid.uuid4().int % 1_000_000 + 7
@@ -123,7 +127,11 @@ async def test_stopping_one_worker_moves_its_partitions_and_its_tasks_finish(pai
             in_flight = (await worker_stats(c))["upstream"]["in_flight"]
             return sum(in_flight.values()) > 0
 
-        await wait_for(c_is_calling, timeout=60, what="upstream calls in flight on worker c")
+        try:
+            await wait_for(c_is_calling, timeout=60, what="upstream calls in flight on worker c")
+        except TimeoutError:
+            status, health = await get_json(f"{c.url}/healthz")
+            raise AssertionError(f"c never called the upstream; its partitions: {status} {health}") from None
         stopped_at = time.monotonic()
         await asyncio.to_thread(c.proc.stop)
         assert c.proc.popen.returncode is not None
@@ -131,11 +139,8 @@ async def test_stopping_one_worker_moves_its_partitions_and_its_tasks_finish(pai
         docs = [await wait_task(pair.a.url, task_id, timeout=120) for task_id in ids + pair.tasks]
         took = time.monotonic() - stopped_at
 
-        async def moved() -> list[int] | None:
-            now = await _assigned([pair.a, pair.b])
-            return now if now is not None and sum(now) == total else None
-
-        after = await wait_for(moved, timeout=60, interval=0.2, what=f"a and b to hold all {total} partitions")
+        after = await wait_for(lambda: _assigned([pair.a, pair.b], total), timeout=60, interval=0.2,
+                               what=f"a and b to hold all {total} partitions")
     finally:
         await emulator_config(pair.emulator, latency="fixed:0.3")
     print(f"\nafter stopping c: {len(docs)} tasks finished within {took:.1f}s; partitions a/b/c {held} → a/b {after}")
