@@ -4,14 +4,16 @@ A private single-node broker (its own home dir and ports: the session's broker i
 never touched) serves one worker.  Mid-run: tasks are running against a slow
 emulator when the broker is stopped and started again; the worker must reconnect by
 itself, every task must end, and a task submitted after the restart must complete
-too.  At start-up: the broker stops right after the worker process is spawned,
-before it is ready (while ``streams.topics.create_topics`` waits for it); the worker
-must survive the outage and become ready by itself once the broker is back.
+too.  At start-up: the broker stops right after the worker process is spawned
+(the process held meanwhile), so the worker's ``streams.topics.create_topics`` meets
+the outage; the worker must survive it and become ready by itself once the broker is
+back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 
@@ -85,7 +87,13 @@ async def test_a_broker_outage_while_the_worker_starts_only_delays_it(
 
     def outage(proc: Proc) -> None:
         """In the start-up thread, right after the worker process exists."""
-        private_broker.run("stop", 120)
+        # Held while the broker stops (a few seconds), so however fast it would start,
+        # the worker meets the outage in create_topics, not after it.
+        proc.popen.send_signal(signal.SIGSTOP)
+        try:
+            private_broker.run("stop", 120)
+        finally:
+            proc.popen.send_signal(signal.SIGCONT)
         seen["alive_when_stopped"] = proc.alive()
         seen["healthz_when_stopped"] = _healthz(port)
         # The worker reaches create_topics, finds no broker and retries (it does not exit).
