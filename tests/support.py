@@ -343,13 +343,13 @@ def start_worker(
             raise
 
     def ready() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"worker exited with {proc.popen.returncode}")
+        # An AssertionError ends the wait at once: a dead worker never becomes ready.
+        assert proc.alive(), f"worker exited with {proc.popen.returncode}"
         return http_status(f"{url}/healthz") == 200
 
     try:
         wait_for_sync(ready, timeout=180, interval=0.2, what=f"{name} /healthz")
-    except (TimeoutError, RuntimeError) as exc:
+    except (TimeoutError, AssertionError) as exc:
         proc.stop()
         raise RuntimeError(f"{name} did not become ready: {exc}\n{proc.log_tail(80)}") from None
     return Worker(url=url, data_dir=data_dir, app_id=app_id, proc=proc)
