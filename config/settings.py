@@ -31,6 +31,12 @@ class SettingsError(ValueError):
     """An environment variable holds a value that cannot be used."""
 
 
+def host_data_dir(env: Mapping[str, str]) -> Path:
+    """``$XDG_DATA_HOME/imagestream``, else ``~/.local/share/imagestream`` (XDG base dirs)."""
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "share")
+    return Path(base) / "imagestream"
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """Parse ``"1080x1920"`` into ``(1080, 1920)``."""
     try:
@@ -108,9 +114,13 @@ class Settings:
 
     # --- Storage -------------------------------------------------------------------
     data_dir: Path = Path("./data")
-    #: Blob store: unset = the folder DATA_DIR/blobs; ``s3://bucket/prefix`` = an
-    #: S3-compatible store (shared by workers on several hosts); ``file:///path``.
+    #: Blob store: unset = the folder :attr:`blob_dir`, one per host (and user), so
+    #: every worker of a host shares it whatever its DATA_DIR; ``s3://bucket/prefix``
+    #: = an S3-compatible store (several hosts); ``file:///path`` = that folder.
     blob_url: str | None = None
+    #: ``$XDG_DATA_HOME/imagestream`` (default ``~/.local/share/imagestream``): what
+    #: the workers of one host share.
+    host_data_dir: Path = field(default_factory=lambda: host_data_dir(os.environ))
     #: S3 endpoint (MinIO, versitygw, …); unset = AWS S3 itself.
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
@@ -161,8 +171,10 @@ class Settings:
     # ------------------------------------------------------------------------------
     @property
     def blob_dir(self) -> Path:
-        """Where the content-addressed blob store keeps its files."""
-        return self.data_dir / "blobs"
+        """The default blob folder: the host's, not the worker's DATA_DIR.  Blobs are
+        content-addressed, written atomically and never modified, so any number of
+        processes can share one folder."""
+        return self.host_data_dir / "blobs"
 
     @property
     def table_dir(self) -> Path:
@@ -221,6 +233,7 @@ class Settings:
         # Fields whose env names or types are not the plain upper-cased field.
         if (raw := get("DATA_DIR")) is not None:
             values["data_dir"] = Path(raw)
+        values["host_data_dir"] = host_data_dir(env)
         if (raw := get("PLACEHOLDER")) is not None:
             values["placeholder"] = parse_size(raw)
         if (raw := get("FETCH_ALLOWLIST")) is not None:
@@ -273,6 +286,7 @@ class Settings:
 _SPECIAL = frozenset(
     {
         "data_dir",
+        "host_data_dir",
         "placeholder",
         "fetch_allowlist",
         "dashscope_api_key",

@@ -18,6 +18,7 @@ __all__ = ["App", "app", "build_app", "settings"]
 #: Modules holding agents, tasks, timers and views; scanned when the worker starts.
 COMPONENT_MODULES = [
     "streams.topics",
+    "streams.blob_sharing",
     "streams.readiness",
     "streams.web",
     "streams.stats_views",
@@ -34,26 +35,30 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
+StartupStep = Callable[["App"], Awaitable[None]]
+
+
 class App(faust.App):
-    """Faust's App with one step added to its start: :attr:`topic_creator`.
+    """Faust's App with steps of its own at the start: :attr:`startup_steps`.
 
-    mode starts a service's own ``on_start`` before its children, so the topics exist
-    (and the broker leads them) before the producer, the consumer and the agents start
-    and before the consumer joins its group.
+    mode runs a service's own ``on_start`` before it starts its children, so these
+    steps are done before the producer, the consumer and the agents start, and before
+    the consumer joins its group: the topics exist and the broker leads them
+    (:func:`streams.topics.create_topics`), and this worker's blob store is announced
+    to the group (:mod:`streams.blob_sharing`).
     """
-
-    #: Creates every topic (:func:`streams.topics.create_topics`, set when that loads).
-    topic_creator: Callable[[faust.App], Awaitable[None]] | None = None
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        #: Awaited in order at every start (registered by the modules that own them).
+        self.startup_steps: list[StartupStep] = []
         #: Partitions of every topic as the broker has them (filled at start).
         self.topic_partitions: dict[str, int] = {}
 
     async def on_start(self) -> None:
         await super().on_start()
-        if self.topic_creator is not None:
-            await self.topic_creator(self)
+        for step in self.startup_steps:
+            await step(self)
 
 
 def build_app(settings: Settings) -> App:

@@ -20,7 +20,14 @@ Errors::
     └── BlobError                 blob_store_error (500)
         ├── BlobNotFound          blob_not_found (404; also a FileNotFoundError)
         ├── BlobTooLarge          blob_too_large (413)
-        └── BlobStoreUnavailable  blob_store_unavailable (503, retriable)
+        ├── BlobStoreUnavailable  blob_store_unavailable (503, retriable)
+        └── BlobStoreNotShared    blob_store_not_shared (503): the workers of a group
+                                  do not all see this store (streams/blob_sharing.py)
+
+Every store also has an identity, :meth:`BlobStore.store_id`: a random id written
+once into the folder or bucket prefix (``store-id``; never a blob name, which is a
+sha256).  Two workers see the same store exactly when they read the same id, however
+they name it (two paths to one NFS folder, two endpoints of one bucket).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import hashlib
 import os
 import re
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +53,11 @@ __all__ = [
     "BlobError",
     "BlobNotFound",
     "BlobStore",
+    "BlobStoreNotShared",
     "BlobStoreUnavailable",
     "BlobStream",
     "BlobTooLarge",
+    "ExplainedStore",
     "LocalBlobStore",
     "is_sha256",
     "make_blob_store",
@@ -112,6 +122,22 @@ class BlobStoreUnavailable(BlobError):
     code = "blob_store_unavailable"
     status = 503
     retriable = True
+
+
+class BlobStoreNotShared(BlobError):
+    """The workers of this group do not all use one blob store, so an image uploaded
+    to one of them may be missing on the one that edits it."""
+
+    code = "blob_store_not_shared"
+    status = 503
+
+
+#: The name of a store's identity file/object (not a sha256, so never a blob's).
+STORE_ID_NAME = "store-id"
+
+
+def new_store_id() -> str:
+    return uuid.uuid4().hex
 
 
 def check_sha256(sha256: str) -> str:
@@ -191,6 +217,11 @@ class BlobStore(Protocol):
         backend has no such thing (the local folder)."""
         ...
 
+    async def store_id(self) -> str:
+        """The store's identity, written on first use; the same for every process
+        that reads this store, different for any other store."""
+        ...
+
     async def close(self) -> None:
         ...
 
@@ -251,6 +282,29 @@ class LocalBlobStore:
     def exists_sync(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
+    def store_id_sync(self) -> str:
+        """Read ``root/store-id``; the first process to need it writes it.  A hard
+        link of a complete temp file makes the write all-or-nothing and first-wins:
+        two processes racing both read back the winner's id."""
+        path = self.root / STORE_ID_NAME
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(new_store_id() + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process was first: its id is the store's
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return path.read_text().strip()
+
     # --- BlobStore ----------------------------------------------------------------
     async def put(self, data: bytes, sha256: str | None = None) -> str:
         return await asyncio.to_thread(self.put_sync, data, sha256)
@@ -287,8 +341,58 @@ class LocalBlobStore:
         check_sha256(sha256)
         return None
 
+    async def store_id(self) -> str:
+        return await asyncio.to_thread(self.store_id_sync)
+
     async def close(self) -> None:
         return None
+
+
+# --- missing blobs explained ---------------------------------------------------------
+
+
+class ExplainedStore:
+    """A :class:`BlobStore` whose reads of a missing blob raise what ``explain`` says
+    is the reason (e.g. :class:`BlobStoreNotShared`) instead of :class:`BlobNotFound`,
+    when it knows one."""
+
+    def __init__(self, store: BlobStore, explain: Callable[[str], BlobError | None]) -> None:
+        self.store = store
+        self.explain = explain
+        self.location = store.location
+
+    def __repr__(self) -> str:
+        return repr(self.store)
+
+    def _missing(self, sha256: str, exc: BlobNotFound) -> BlobError:
+        return self.explain(sha256) or exc
+
+    async def put(self, data: bytes, sha256: str | None = None) -> str:
+        return await self.store.put(data, sha256)
+
+    async def get(self, sha256: str) -> bytes:
+        try:
+            return await self.store.get(sha256)
+        except BlobNotFound as exc:
+            raise self._missing(sha256, exc) from None
+
+    async def exists(self, sha256: str) -> bool:
+        return await self.store.exists(sha256)
+
+    async def open_stream(self, sha256: str) -> BlobStream:
+        try:
+            return await self.store.open_stream(sha256)
+        except BlobNotFound as exc:
+            raise self._missing(sha256, exc) from None
+
+    async def presigned_url(self, sha256: str, ttl: float) -> str | None:
+        return await self.store.presigned_url(sha256, ttl)
+
+    async def store_id(self) -> str:
+        return await self.store.store_id()
+
+    async def close(self) -> None:
+        await self.store.close()
 
 
 # --- choosing a backend ---------------------------------------------------------------

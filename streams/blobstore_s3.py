@@ -34,12 +34,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from streams.blobs import (
     CHUNK_SIZE,
+    STORE_ID_NAME,
     BlobError,
     BlobNotFound,
     BlobStoreUnavailable,
     BlobStream,
     check_sha256,
     check_size,
+    new_store_id,
     sniff_mime,
 )
 
@@ -267,6 +269,29 @@ class S3BlobStore:
         return await s3.generate_presigned_url(  # type: ignore[no-any-return]
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
         )
+
+    async def store_id(self) -> str:
+        """The object ``prefix/store-id``; the first worker to need it writes it with
+        ``If-None-Match: *``, so racing workers all read back the winner's id."""
+        s3 = await self._client()
+        key = f"{self.prefix}{STORE_ID_NAME}"
+        try:
+            try:
+                response = await s3.get_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if _code(exc) not in _NOT_FOUND and _status(exc) != 404:
+                    raise
+                try:
+                    conditional = {"IfNoneMatch": "*"} if self._conditional_writes else {}
+                    await s3.put_object(Bucket=self.bucket, Key=key, Body=new_store_id().encode(), **conditional)
+                except ClientError as put_exc:
+                    if _code(put_exc) not in _ALREADY_THERE and _status(put_exc) != 412:
+                        raise
+                response = await s3.get_object(Bucket=self.bucket, Key=key)
+            async with response["Body"] as body:
+                return (await body.read()).decode().strip()
+        except (ClientError, BotoCoreError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise self._translate(exc, "store id", STORE_ID_NAME) from exc
 
     async def close(self) -> None:
         stack, self._stack, self._s3 = self._stack, None, None

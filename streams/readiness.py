@@ -1,8 +1,9 @@
 """Whether this worker can serve, and what it still waits for (``/healthz``).
 
 Ready means: this worker has joined the group, no rebalance is under way, its tables
-are recovered, and every agent's source topic has all its partitions assigned across
-the group (so a job published now has an agent that will take it).  Faust serves
+are recovered, every agent's source topic has all its partitions assigned across
+the group (so a job published now has an agent that will take it), and every member
+of the group uses this worker's blob store (:mod:`streams.blob_sharing`).  Faust serves
 web views before all of that holds; the views that route to a table owner answer 503
 until then.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import faust
 
 from streams.app import App, app
+from streams.blob_sharing import BlobSharing, sharing
 
 __all__ = ["Readiness", "readiness", "unassigned_topics"]
 
@@ -43,8 +45,9 @@ def unassigned_topics(sources: Mapping[str, int], distribution: Mapping[str, Map
 class Readiness:
     """This worker's readiness, read from Faust's state at the moment of asking."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, sharing: BlobSharing) -> None:
         self.app = app
+        self.sharing = sharing
         self.assigned_at: float | None = None
         self.started_at = time.time()
         self._unassigned_since: float | None = None
@@ -80,6 +83,8 @@ class Readiness:
             waiting.append("table_recovery")
         if self.assigned_at is not None and not self.app.rebalancing:
             waiting.extend(self.unassigned())
+            if (problem := self.sharing.problem()) is not None:
+                waiting.append(problem)
         return waiting
 
     @property
@@ -103,6 +108,7 @@ class Readiness:
             "assigned_partitions": len(assignment),
             #: This worker's share of every agent's source topic.
             "source_partitions": mine,
+            "blob_store": self.sharing.describe(),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
@@ -126,7 +132,7 @@ class Readiness:
             await self.app.consumer.refresh_metadata()
 
 
-readiness = Readiness(app)
+readiness = Readiness(app, sharing)
 
 
 @app.on_partitions_assigned.connect  # type: ignore[misc]

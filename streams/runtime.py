@@ -14,7 +14,8 @@ import aiohttp
 
 from config import Settings
 from streams.app import app, settings
-from streams.blobs import BlobStore, make_blob_store
+from streams.blob_sharing import sharing
+from streams.blobs import BlobStore, ExplainedStore, make_blob_store
 
 __all__ = ["Runtime", "runtime"]
 
@@ -56,7 +57,8 @@ def runtime() -> Runtime:
     if _runtime is None:
         _runtime = Runtime(
             settings=settings,
-            blobs=make_blob_store(settings),
+            # A blob missing while the group's workers use different stores says so.
+            blobs=ExplainedStore(make_blob_store(settings), sharing.missing_blob),
             http=aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=settings.upstream_timeout, sock_connect=10),
                 cookie_jar=aiohttp.DummyCookieJar(),

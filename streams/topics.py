@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ALL_TOPICS",
+    "blob_stores_topic",
     "dead_letter_topic",
     "dimension_fetch_topic",
     "dimension_requests_topic",
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 
-def _topic(name: str, *, compacted: bool = False) -> faust.TopicT:
+def _topic(name: str, *, compacted: bool = False, partitions: int | None = None) -> faust.TopicT:
     # Values travel as raw JSON bytes: consumers parse them with the pipelines'
     # validators (a bad event becomes a dead letter, not an agent crash);
     # producers send Records, which serialise themselves as plain JSON.
@@ -66,7 +67,7 @@ def _topic(name: str, *, compacted: bool = False) -> faust.TopicT:
         key_serializer=JSON_KEY,
         value_serializer="raw",
         internal=True,
-        partitions=settings.topic_partitions,
+        partitions=partitions or settings.topic_partitions,
         compacting=compacted or None,
     )
 
@@ -91,6 +92,11 @@ dimension_updates_topic = _topic("imagestream-dimension-updates")
 # Errors ------------------------------------------------------------------------------
 dead_letter_topic = _topic("imagestream-dead-letters")
 
+# Cluster -----------------------------------------------------------------------------
+#: Internal: each worker's blob store identity, keyed by the worker's URL (compacted,
+#: one partition: every worker reads all of it; :mod:`streams.blob_sharing`).
+blob_stores_topic = _topic("imagestream-blob-stores", compacted=True, partitions=1)
+
 ALL_TOPICS: tuple[faust.TopicT, ...] = (
     image_edit_requests_topic,
     image_edit_jobs_topic,
@@ -102,6 +108,7 @@ ALL_TOPICS: tuple[faust.TopicT, ...] = (
     dimension_fetch_topic,
     dimension_updates_topic,
     dead_letter_topic,
+    blob_stores_topic,
 )
 
 
@@ -208,8 +215,8 @@ async def _create_and_await(admin: AIOKafkaAdminClient, specs: list[TopicSpec], 
 async def create_topics(app: faust.App) -> None:
     """Create every topic and wait until the broker leads all their partitions.
 
-    Awaited by :class:`streams.app.App` before its producer, consumer and agents
-    start.  Faust itself declares the consumed topics just before the consumer
+    The first of :class:`streams.app.App`'s startup steps: done before its producer,
+    consumer and agents start.  Faust itself declares the consumed topics just before the consumer
     subscribes, but does not wait for the broker's metadata to show them: on a new
     cluster the group's first assignment could be computed while a topic was still
     missing there ("Ignoring missing topic"), and its agent never got a partition
@@ -234,7 +241,7 @@ async def create_topics(app: faust.App) -> None:
         delay = min(delay * 2, 10.0)
 
 
-app.topic_creator = create_topics
+app.startup_steps.append(create_topics)
 
 
 @app.task

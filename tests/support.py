@@ -312,9 +312,11 @@ def start_worker(
     partitions: int = 1,
     extra_env: dict[str, str] | None = None,
     port: int | None = None,
+    wait: bool = True,
     on_spawn: Callable[[Proc], None] | None = None,
 ) -> Worker:
-    """Start ``imagestream worker`` as a subprocess; returns once /healthz says ready.
+    """Start ``imagestream worker`` as a subprocess; returns once /healthz says ready
+    (at once with ``wait=False``).
 
     ``on_spawn`` runs right after the process exists, before the wait for /healthz
     (a test can disturb the worker's start-up there)."""
@@ -329,6 +331,8 @@ def start_worker(
         # not replayed, and each worker group can have its own partition count.
         "IMAGESTREAM_TOPIC_PREFIX": f"{app_id}.",
         "IMAGESTREAM_FETCH_ALLOWLIST": "127.0.0.1",
+        # The "host" the test workers share (its blob folder is the default store).
+        "XDG_DATA_HOME": str(ARTIFACTS / "host-data"),
         "DASHSCOPE_HTTP_BASE_URL": emulator.api_url,
         "DASHSCOPE_API_KEY": emulator.api_key,
         **(extra_env or {}),
@@ -341,6 +345,8 @@ def start_worker(
         except BaseException:
             proc.stop()
             raise
+    if not wait:
+        return Worker(url=url, data_dir=data_dir, app_id=app_id, proc=proc)
 
     def ready() -> bool:
         # An AssertionError ends the wait at once: a dead worker never becomes ready.
@@ -475,6 +481,18 @@ class TopicReader:
                     if value is not None and match(value):
                         found.append(value)
         return found
+
+    async def drain(self) -> list[dict[str, Any]]:
+        """Read up to the topic's end offsets as they are now; every JSON value seen so far."""
+        ends = await self.consumer.end_offsets(list(self.consumer.assignment()))
+        async def behind() -> bool:
+            return any([await self.consumer.position(tp) < end for tp, end in ends.items()])
+
+        while await behind():
+            batch = await self.consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                self.seen.extend((record.key, record.value) for record in records)
+        return self._decoded()
 
     def _decoded(self) -> list[dict[str, Any]]:
         return [v for _, raw in self.seen if (v := _try_json(raw)) is not None]

@@ -25,6 +25,7 @@ import aiohttp
 import faust
 
 from streams.app import app, settings
+from streams.blobs import BlobStoreNotShared
 from streams.deadletter import dead_letter
 from streams.errors import ImagestreamError, InputError, InvalidImage, InvalidRequest
 from streams.image_edit import state
@@ -81,6 +82,8 @@ async def fetch_image_bytes(ref: ImageRef) -> bytes:
             return await rt.blobs.get(ref.blob)
         except FileNotFoundError:
             raise InvalidRequest(f"blob {ref.blob} is not in the blob store", code="blob_not_found") from None
+        except BlobStoreNotShared as exc:  # missing because the workers' stores differ
+            raise InvalidRequest(exc.message, code=exc.code) from None
     if ref.data:
         return base64.b64decode(ref.data, validate=True)
     assert ref.url is not None

@@ -19,6 +19,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from streams.app import app, settings
+from streams.blob_sharing import sharing
 from streams.blobs import BlobError, BlobNotFound, is_sha256, sniff_mime
 from streams.errors import ImageTooLarge, InputError, InvalidRequest
 from streams.image_edit.images import inspect_image_in_thread, recent_images
@@ -128,6 +129,7 @@ class SubmitTask(faust.web.View):
 
     async def post(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
+        sharing.check_shared()  # an upload here must be readable by whichever worker edits it
         submission = await read_submission(request)
         edit_type, prompt, params = validate_edit_request(
             submission.edit_type,
@@ -150,7 +152,9 @@ class SubmitTask(faust.web.View):
             images=refs,
             submitted_at=time.time(),
         )
-        await image_edit_requests_topic.send(key=task_id, value=task)
+        # 202 only once the broker has the request (acks=all): a worker killed right
+        # after answering must not lose an accepted task.  Costs one broker round trip.
+        await (await image_edit_requests_topic.send(key=task_id, value=task))
         metrics.inc("tasks_submitted_total", source="http")
         metrics.inc("submit_seconds_total", time.perf_counter() - started)
         return self.json({"task_id": task_id, "status": "pending", "total_images": len(refs)}, status=202)
@@ -199,6 +203,7 @@ class UploadBlob(faust.web.View):
     """
 
     async def post(self, request: web.Request) -> web.Response:
+        sharing.check_shared()
         limit = settings.max_image_bytes
         if request.content_length is not None and request.content_length > limit:
             raise ImageTooLarge(f"image of {request.content_length} bytes is over the {limit} limit")

@@ -39,7 +39,8 @@ async def test_two_workers_share_one_bucket(
 ) -> None:
     app_id = f"imagestream-s3two-{uuid.uuid4().hex[:8]}"
     prefix = f"{app_id}/blobs"
-    env = s3_server.env(prefix)
+    # The host's default blob folder, which S3 replaces: nothing may land there.
+    env = {**s3_server.env(prefix), "XDG_DATA_HOME": str(tmp_path / "host")}
     workers = [
         start_worker("s3-worker-a", kafka_bootstrap=kafka_bootstrap, emulator=emulator, data_dir=tmp_path / "a",
                      app_id=app_id, partitions=2, extra_env=env),
@@ -80,10 +81,9 @@ async def test_two_workers_share_one_bucket(
         finally:
             await store.close()
 
-        # Nothing was stored in either worker's data dir.
-        for w in workers:
-            local = [p for p in (w.data_dir / "blobs").rglob("*") if p.is_file()]
-            assert local == [], local
+        # Nothing was stored in the host's default blob folder (nor in the data dirs).
+        local = [p for p in tmp_path.rglob("*") if p.is_file() and "blobs" in p.parts]
+        assert local == [], local
 
         # The same edit submitted through B: every image is a cache hit, whoever owns it.
         status, again = await submit(b.url, edit_form(files, params={"prompt": "two workers, one bucket"}))

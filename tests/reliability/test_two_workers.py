@@ -1,6 +1,6 @@
 """Issue 7.2: two workers of one app on topics with 4 partitions.
 
-Both use their own data dir (tables) and one shared blob store folder.
+Both use their own data dir (tables) and, with nothing set, the host's blob folder.
 
 * Tasks spread over both workers (both plan tasks and call the upstream), and
   ``GET /api/v1/image-edit/task/{id}`` answers the same on either worker for every task.
@@ -49,10 +49,9 @@ class Pair:
 async def pair(module_fleet: Fleet) -> Pair:
     emulator = module_fleet.emulator("--latency", "fixed:0.3", name="rel-pair-emulator")
     app_id = unique_app_id("pair")
-    # Own data dirs (RocksDB), one blob store: an image uploaded to one worker is
-    # planned by whichever owns the task's partition (with a local store per worker
-    # the other one fails it with blob_not_found).
-    shared = {"IMAGESTREAM_BLOB_URL": f"file://{module_fleet.tmp / 'shared-blobs'}"}
+    # Own data dirs (RocksDB), no blob setting: the default store is the host's folder,
+    # so an image uploaded to one worker is found by whichever owns its partition.
+    shared = {"XDG_DATA_HOME": str(module_fleet.tmp / "host")}
     a = await module_fleet.worker("rel-pair-a", emulator=emulator, app_id=app_id, partitions=PARTITIONS,
                                   extra_env=shared)
     b = await module_fleet.worker("rel-pair-b", emulator=emulator, app_id=app_id, partitions=PARTITIONS,

@@ -201,9 +201,33 @@ async def test_local_store_has_no_presigned_urls(store: LocalBlobStore) -> None:
 
 
 # --- settings and the factory ---------------------------------------------------------
-def test_default_is_the_local_folder(tmp_path: Path) -> None:
-    store = make_blob_store(Settings(data_dir=tmp_path))
-    assert isinstance(store, LocalBlobStore) and store.root == tmp_path / "blobs"
+def test_default_is_one_folder_per_host_whatever_the_data_dir(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path / "home")}
+    a = make_blob_store(Settings.from_env({**env, "IMAGESTREAM_DATA_DIR": str(tmp_path / "a")}))
+    b = make_blob_store(Settings.from_env({**env, "IMAGESTREAM_DATA_DIR": str(tmp_path / "b")}))
+    assert isinstance(a, LocalBlobStore) and isinstance(b, LocalBlobStore)
+    assert a.root == b.root == tmp_path / "home" / ".local" / "share" / "imagestream" / "blobs"
+    xdg = make_blob_store(Settings.from_env({**env, "XDG_DATA_HOME": str(tmp_path / "xdg")}))
+    assert isinstance(xdg, LocalBlobStore) and xdg.root == tmp_path / "xdg" / "imagestream" / "blobs"
+
+
+async def test_store_id_is_written_once_and_read_by_every_process(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = tmp_path / "shared"
+    # Eight processes race for the first write: all read back one id.
+    code = ("import sys; from pathlib import Path; from streams.blobs import LocalBlobStore; "
+            "print(LocalBlobStore(Path(sys.argv[1])).store_id_sync())")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], stdout=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    ids = {p.communicate(timeout=60)[0].strip() for p in procs}
+    assert len(ids) == 1 and len(ids.pop()) == 32
+    same = await LocalBlobStore(root).store_id()
+    other = await LocalBlobStore(tmp_path / "other").store_id()
+    assert same == (root / "store-id").read_text().strip()
+    assert other != same
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_file_url(tmp_path: Path) -> None:
