@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.topics import track_in_producer_metadata
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -42,8 +43,12 @@ async def test_tracked_topics_stay_in_the_producer_metadata_after_a_send_to_a_ne
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, request_timeout_ms=10_000)
     await producer.start()
     try:
-        await producer.client.force_metadata_update()  # nothing tracked yet: every topic's metadata
-        assert producer.client.cluster.partitions_for_topic(existing) == {0}
+        async def known() -> bool:  # nothing tracked yet: each refresh fetches every topic
+            await producer.client.force_metadata_update()
+            return producer.client.cluster.partitions_for_topic(existing) == {0}
+
+        # created is not yet led: the broker's metadata shows the topic a moment later
+        await wait_for(known, timeout=20, what=f"{existing} in the producer's metadata")
         track_in_producer_metadata(producer.client, [existing, later])
         # A send to a topic the producer has not seen (it does not exist yet): the
         # narrowing step.
