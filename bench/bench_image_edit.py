@@ -19,6 +19,10 @@ partition, then measures in one run:
    the first request sent to the last task's terminal status seen.
 
     python bench/bench_image_edit.py [--images 30] [--rounds 5] [--median 2.0] [--sigma 0.5]
+
+Targets, compared in the run (exit 1 when one is missed; every figure is printed all
+the same): makespan ≤ 0.75 × batches of 3 and ≤ 1.05 × Σlatency/3; cached 1-image task
+p50 ≤ 50 ms and p99 ≤ 200 ms; cached throughput ≥ 2,000 images/s.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support import (  # noqa: E402 - after the path tweak
+from bench.targets import Targets  # noqa: E402 - after the path tweak
+from tests.support import (  # noqa: E402
     TopicReader,
     start_emulator,
     start_worker,
@@ -181,7 +186,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-async def run(args: argparse.Namespace, bootstrap: str, api: str, emulator_base: str, topic: Any) -> None:
+async def run(args: argparse.Namespace, bootstrap: str, api: str, emulator_base: str, topic: Any,
+              targets: Targets) -> None:
     async with aiohttp.ClientSession() as session:
         # 1. makespan -------------------------------------------------------------------
         # Warm the worker up (first-request costs: lazy clients, plugin imports, topic
@@ -205,6 +211,8 @@ async def run(args: argparse.Namespace, bootstrap: str, api: str, emulator_base:
               f"202 → first call {total.first_call / args.rounds:.3f}s, last call → completed seen "
               f"{total.tail / args.rounds:.3f}s; slot handoff mean {1000 * total.handoff_mean:.1f} ms "
               f"(max {1000 * total.handoff_max:.1f} ms); max in flight {total.max_in_flight}")
+        targets.at_most("makespan vs batches of 3", total.vs_baseline, 0.75)
+        targets.at_most("makespan vs ideal Σlatency/3", total.vs_ideal, 1.05)
 
         # 2. cached 1-image tasks: submit → completed ------------------------------------
         cached_files = files[: args.images]  # the last task's images: all cached now
@@ -220,6 +228,8 @@ async def run(args: argparse.Namespace, bootstrap: str, api: str, emulator_base:
         print(f"== cached 1-image task, HTTP submit → TaskStatus completed on Kafka ({len(samples)} tasks)")
         print(f"   p50 {percentile(samples, 50):6.1f} ms   p99 {percentile(samples, 99):6.1f} ms   "
               f"(targets ≤ 50 / ≤ 200 ms)")
+        targets.at_most("cached 1-image task p50", percentile(samples, 50), 50, " ms")
+        targets.at_most("cached 1-image task p99", percentile(samples, 99), 200, " ms")
 
         # 3. cached throughput ------------------------------------------------------------
         # Inputs are the original images, already in the blob store under their sha256.
@@ -257,6 +267,7 @@ async def run(args: argparse.Namespace, bootstrap: str, api: str, emulator_base:
         print(f"== cached throughput: {n_tasks} tasks × {per_task} images via Kafka")
         print(f"   {total} images in {elapsed:.2f}s → {total / elapsed:,.0f} images/s per worker (target ≥ 2,000); "
               f"all requests were on Kafka after {published:.2f}s")
+        targets.at_least("cached throughput", total / elapsed, 2000, " images/s")
 
 
 def main() -> int:
@@ -277,16 +288,17 @@ def main() -> int:
                               name="bench-emulator")
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     worker = None
+    targets = Targets()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             worker = start_worker("bench-worker", kafka_bootstrap=bootstrap, emulator=emulator,
                                   data_dir=Path(tmp), app_id=app_id, partitions=1)
-            asyncio.run(run(args, bootstrap, worker.url, emulator.base_url, worker.topic))
+            asyncio.run(run(args, bootstrap, worker.url, emulator.base_url, worker.topic, targets))
     finally:
         if worker is not None:
             worker.proc.stop()
         emulator.proc.stop()
-    return 0
+    return targets.exit_code()
 
 
 if __name__ == "__main__":

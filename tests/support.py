@@ -56,7 +56,14 @@ async def wait_for(
     what: str = "condition",
 ) -> T:
     """Poll ``check`` (a coroutine function, or a plain one) until it returns something
-    truthy or ``timeout`` passes."""
+    truthy or ``timeout`` passes.
+
+    "Not yet" is a falsy result or any exception other than :class:`AssertionError`
+    (a refused connection while a server starts, a 503, a ``KeyError`` on a document
+    still being built): polled again, and the last one is named on timeout.  An
+    ``AssertionError`` is a check that failed, not one still waiting: it is raised at
+    once, so a violation seen once is reported and a deliberate fail-fast fails fast.
+    """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while True:
@@ -66,7 +73,9 @@ async def wait_for(
                 result = await result
             if result:
                 return result
-        except Exception as exc:  # noqa: BLE001 - reported on timeout
+        except AssertionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - "not yet"; reported on timeout
             last_error = exc
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last error: {last_error!r}")
@@ -74,6 +83,7 @@ async def wait_for(
 
 
 def wait_for_sync(check: Callable[[], T | None], *, timeout: float, interval: float = 0.1, what: str = "condition") -> T:
+    """:func:`wait_for` for code outside the event loop (same rules for "not yet")."""
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
     while True:
@@ -81,7 +91,9 @@ def wait_for_sync(check: Callable[[], T | None], *, timeout: float, interval: fl
             result = check()
             if result:
                 return result
-        except Exception as exc:  # noqa: BLE001
+        except AssertionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - "not yet"; reported on timeout
             last_error = exc
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last error: {last_error!r}")
@@ -311,9 +323,13 @@ def start_worker(
     extra_env: dict[str, str] | None = None,
     port: int | None = None,
     wait: bool = True,
+    on_spawn: Callable[[Proc], None] | None = None,
 ) -> Worker:
     """Start ``imagestream worker`` as a subprocess; returns once /healthz says ready
-    (at once with ``wait=False``)."""
+    (at once with ``wait=False``).
+
+    ``on_spawn`` runs right after the process exists, before the wait for /healthz
+    (a test can disturb the worker's start-up there)."""
     port = port or free_port()
     env = {
         "IMAGESTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
@@ -333,17 +349,23 @@ def start_worker(
     }
     proc = spawn(name, imagestream_cmd("worker", "-l", "info"), env, ARTIFACTS)
     url = f"http://127.0.0.1:{port}"
+    if on_spawn is not None:
+        try:
+            on_spawn(proc)
+        except BaseException:
+            proc.stop()
+            raise
     if not wait:
         return Worker(url=url, data_dir=data_dir, app_id=app_id, proc=proc)
 
     def ready() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"worker exited with {proc.popen.returncode}")
+        # An AssertionError ends the wait at once: a dead worker never becomes ready.
+        assert proc.alive(), f"worker exited with {proc.popen.returncode}"
         return http_status(f"{url}/healthz") == 200
 
     try:
         wait_for_sync(ready, timeout=180, interval=0.2, what=f"{name} /healthz")
-    except (TimeoutError, RuntimeError) as exc:
+    except (TimeoutError, AssertionError) as exc:
         proc.stop()
         raise RuntimeError(f"{name} did not become ready: {exc}\n{proc.log_tail(80)}") from None
     return Worker(url=url, data_dir=data_dir, app_id=app_id, proc=proc)

@@ -47,8 +47,7 @@ async def imagestream(env: dict[str, str], *args: str, timeout: float = 120) -> 
         proc.kill()
         await proc.wait()
         raise
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
+    return Run(await proc.wait(), out.decode(), err.decode())  # the exit code communicate() waited for
 
 
 def write_png(folder: Path, name: str, size: tuple[int, int] = (160, 120)) -> Path:

@@ -15,7 +15,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from tests.support import (
     REPO,
     Emulator,
+    Proc,
     Worker,
     edit_form,
     free_port,
@@ -101,13 +102,14 @@ class Fleet:
 
     async def worker(self, name: str, *, emulator: Emulator, app_id: str, data_dir: Path | None = None,
                      partitions: int = 1, extra_env: dict[str, str] | None = None, port: int | None = None,
-                     kafka_bootstrap: str | None = None) -> Worker:
+                     kafka_bootstrap: str | None = None, on_spawn: Callable[[Proc], None] | None = None) -> Worker:
         """Start a worker in a thread (the test's own servers keep answering meanwhile)."""
         data_dir = data_dir or (self.tmp / f"{name}-data")
         data_dir.mkdir(parents=True, exist_ok=True)
         w = await asyncio.to_thread(
             start_worker, name, kafka_bootstrap=kafka_bootstrap or self.kafka_bootstrap, emulator=emulator,
-            data_dir=data_dir, app_id=app_id, partitions=partitions, extra_env=extra_env, port=port)
+            data_dir=data_dir, app_id=app_id, partitions=partitions, extra_env=extra_env, port=port,
+            on_spawn=on_spawn)
         self.workers.append(w)
         return w
 

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from streams.blobs import BlobError, BlobNotFound, BlobStore, BlobTooLarge
 from streams.blobstore_s3 import S3BlobStore
 from tests.s3.server import S3Server
-from tests.support import REPO
+from tests.support import REPO, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -135,9 +135,12 @@ async def test_streaming_read(s3_server: S3Server) -> None:
         assert len(chunks) >= 4 and max(len(c) for c in chunks) <= 64 * 1024
         # a stream abandoned after one chunk is closed without reading the rest
         stream = await store.open_stream(digest)
-        async for _ in stream:
+        async for first in stream:
             break
+        assert 0 < len(first) <= 64 * 1024 and PNG.startswith(first)
         await stream.aclose()
+        assert [chunk async for chunk in stream] == []  # closed: nothing more is read
+        await stream.aclose()  # closing twice is harmless
         assert await store.get(digest) == PNG  # the client still works afterwards
     finally:
         await store.close()
@@ -158,13 +161,21 @@ async def test_presigned_url_downloads_with_a_plain_get(s3_store: S3BlobStore) -
 
 
 async def test_presigned_url_expires(s3_store: S3BlobStore) -> None:
-    digest = await s3_store.put(b"\xff\xd8short-lived")
-    url = await s3_store.presigned_url(digest, 1)
+    body = b"\xff\xd8short-lived"
+    digest = await s3_store.put(body)
+    url = await s3_store.presigned_url(digest, 3)
     assert url is not None
-    await asyncio.sleep(2.1)
     async with aiohttp.ClientSession() as http:
-        async with http.get(url) as resp:
-            assert resp.status == 403
+        async with http.get(url) as resp:  # valid first: a URL that never works proves nothing
+            assert resp.status == 200, await resp.text()
+            assert await resp.read() == body
+
+        async def expired() -> bool:
+            async with http.get(url) as resp:
+                assert resp.status in (200, 403), (resp.status, await resp.text())
+                return resp.status == 403
+
+        await wait_for(expired, timeout=30, interval=0.2, what="the presigned URL to expire")
 
 
 async def test_not_found(s3_store: S3BlobStore) -> None:

@@ -180,7 +180,9 @@ def test_decompression_bomb_refused_fast_without_allocation(
     finally:
         tracemalloc.stop()
     assert loads == []  # refused from the header: no decode was even started
-    assert elapsed < 0.5
+    # Decoding 400 MP would take many seconds; a header read takes milliseconds.  The
+    # bound is loose for a loaded machine; the figure is in the message.
+    assert elapsed < 2.0, f"refusing the bomb took {elapsed:.3f}s"
     assert peak < 2 * 1024 * 1024, f"peak {peak} bytes"
     # the spy does see a normal decode, so the empty list above means something
     _inspect(_encode(_noise(), "PNG"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import io
 
 import pytest
@@ -106,8 +108,9 @@ def _key(**overrides: object) -> str:
 
 def test_cache_key_is_hex_sha256_and_stable() -> None:
     key = _key()
-    assert len(key) == 64 and int(key, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{64}", key), key
     assert key == _key()
+    assert key != _key(prompt="another prompt")  # the inputs matter
 
 
 def test_cache_key_ignores_prompt_whitespace_and_param_order() -> None:

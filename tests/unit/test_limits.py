@@ -49,32 +49,46 @@ async def test_window_slides_one_slot_at_a_time() -> None:
 
 
 async def test_window_of_3_over_9_varied_tasks_starts_next_when_one_finishes() -> None:
-    loop = asyncio.get_running_loop()
+    """Nine calls of varied length on a fake clock: the test ends whichever running call
+    is due first (by its duration) and checks what the window did at that moment."""
     window = SlidingWindow(3)
     durations = [0.06, 0.01, 0.04, 0.02, 0.05, 0.01, 0.03, 0.02, 0.01]
+    now = 0.0
     starts: dict[int, float] = {}
     ends: dict[int, float] = {}
-    running = 0
-    peak = 0
+    log: list[tuple[str, int]] = []
+    finish = [asyncio.Event() for _ in range(9)]
 
     async def worker(i: int) -> None:
-        nonlocal running, peak
         async with window:
-            starts[i] = loop.time()
-            running += 1
-            peak = max(peak, running)
-            await asyncio.sleep(durations[i])  # simulated work
-            running -= 1
-            ends[i] = loop.time()
+            starts[i] = now
+            log.append(("start", i))
+            await finish[i].wait()
+            ends[i] = now
+            log.append(("end", i))
 
-    await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(9))), WAIT)
-    assert peak == 3 and window.max_seen == 3 and window.in_flight == 0
+    tasks = [asyncio.create_task(worker(i)) for i in range(9)]
+    await _settle()
+    assert log == [("start", 0), ("start", 1), ("start", 2)]
+    while len(ends) < 9:
+        running = [i for i in starts if i not in ends]
+        due = min(running, key=lambda i: (starts[i] + durations[i], i))
+        now = starts[due] + durations[due]
+        seen = len(log)
+        waiting = [i for i in range(9) if i not in starts]
+        finish[due].set()
+        await _settle()
+        # The freed slot goes to the longest waiter at once: exactly one start, the
+        # next in FIFO order, at the same (fake) instant.
+        expected = [("end", due)] + ([("start", waiting[0])] if waiting else [])
+        assert log[seen:] == expected, (now, log)
+        assert window.in_flight == min(3, 9 - len(ends)), (now, window.in_flight)
+    await asyncio.wait_for(asyncio.gather(*tasks), WAIT)
+    assert window.max_seen == 3 and window.in_flight == 0
     start_times = sorted(starts.values())
     end_times = sorted(ends.values())
-    # The k-th start after the first three happens when the k-th call finishes,
-    # with no other finish needed in between: start[3+k] == end[k] (same loop tick).
-    for k in range(6):
-        assert end_times[k] <= start_times[3 + k] < end_times[k] + 0.01, (k, start_times, end_times)
+    # The k-th start after the first three happens exactly when the k-th call finishes.
+    assert start_times[3:] == end_times[:6], (start_times, end_times)
     # Sliding, not batching: task 3 started before the slowest of the first batch ended.
     assert starts[3] < ends[0]
 

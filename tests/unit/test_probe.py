@@ -55,6 +55,28 @@ PREFIX_LIMIT = {
 EXIF_WEBP = {"Exif5-1.5x.webp"}  # VP8X with the EXIF flag: EXIF chunk after the bitstream
 
 
+def tiff_ifd0_end(data: bytes) -> int:
+    """End offset of a TIFF's first directory (its entries, not the next-IFD link), read
+    here independently of the parser."""
+    order = "<" if data[:2] == b"II" else ">"
+    if struct.unpack(order + "H", data[2:4])[0] == 43:  # BigTIFF: 8-byte offsets, 20-byte entries
+        offset = struct.unpack(order + "Q", data[8:16])[0]
+        return offset + 8 + 20 * struct.unpack(order + "Q", data[offset:offset + 8])[0]
+    offset = struct.unpack(order + "I", data[4:8])[0]
+    return offset + 2 + 12 * struct.unpack(order + "H", data[offset:offset + 2])[0]
+
+
+def riff_chunk_end(data: bytes, fourcc: bytes) -> int:
+    """End offset of the first ``fourcc`` chunk of a RIFF (WebP) file."""
+    pos = 12
+    while pos + 8 <= len(data):
+        size = struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        if data[pos:pos + 4] == fourcc:
+            return pos + 8 + size
+        pos += 8 + size + (size & 1)
+    raise AssertionError(f"no {fourcc!r} chunk")
+
+
 @pytest.mark.parametrize("name", sorted(MANIFEST["images"]))
 def test_manifest_image(name: str) -> None:
     expected = MANIFEST["images"][name]
@@ -66,9 +88,12 @@ def test_manifest_image(name: str) -> None:
     assert result.orientation == expected.get("orientation", 1)
     assert result.mime.startswith("image/")
     assert 0 < used <= len(data)
-    if name in EXIF_WEBP or result.format == "tiff":
-        return
-    limit = PREFIX_LIMIT[result.format]
+    if result.format == "tiff":
+        limit = tiff_ifd0_end(data)  # the directory is the header, wherever the writer put it
+    elif name in EXIF_WEBP:
+        limit = riff_chunk_end(data, b"EXIF")  # the orientation lives in that chunk
+    else:
+        limit = PREFIX_LIMIT[result.format]
     if result.format == "avif" and name.startswith("Exif5"):
         limit = 448  # no irot/imir: the Exif item (at 343..443) is read for the orientation
     assert used <= limit, f"{name}: needed {used} bytes of {len(data)}"
