@@ -305,7 +305,7 @@ PATHS: dict[str, dict[str, Any]] = {
                                 "edit_type": {"type": "string", "description": "a preset of config/presets.toml",
                                               "examples": ["enhance", "remove_background", "custom"]},
                                 "edit_params": {"type": "string", "contentMediaType": "application/json",
-                                                "description": 'JSON object: {"prompt", "negative_prompt", "seed", …}'},
+                                                "description": 'JSON object: {"prompt", "model" (a name from config/models.toml; default IMAGESTREAM_MODEL), "negative_prompt", "seed", "n", "size", "prompt_extend", …}, each checked against what the model takes'},
                             },
                         }
                     }
@@ -314,7 +314,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "202": _json(_ref("SubmitAccepted"), "accepted; follow it at /api/v1/image-edit/task/{task_id}"),
                 "400": _error("the task is invalid", "no_images", "too_many_images", "invalid_image",
-                              "unsupported_format", "unknown_edit_type", "invalid_edit_params", "missing_prompt",
+                              "unsupported_format", "unknown_edit_type", "unknown_model", "invalid_edit_params", "missing_prompt",
                               "prompt_too_long", "invalid_multipart", "invalid_content_type"),
                 "401": _UNAUTHORIZED,
                 "413": _error("an image or the body is too large (also decompression bombs)", "image_too_large",

@@ -37,7 +37,7 @@ import base64
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -288,11 +288,26 @@ class DashScopeEditor:
         return self._session
 
     async def edit(
-        self, *, image: bytes, mime: str, prompt: str, params: Mapping[str, Any]
+        self,
+        *,
+        prompt: str,
+        params: Mapping[str, Any],
+        image: bytes | None = None,
+        mime: str | None = None,
+        images: Sequence[tuple[bytes, str]] = (),
+        model: str | None = None,
     ) -> EditOutcome:
-        """Edit one image. Raises :class:`~streams.errors.UpstreamError` subclasses only
-        (and ``ValueError`` for a malformed ``mime``)."""
-        content = [{"image": _data_uri(image, mime)}, {"text": prompt}]
+        """Edit one image, or 1-3 (``images``: ``(bytes, mime)`` in order; the output
+        follows the last).  ``model`` overrides the editor's default for this call.
+        Raises :class:`~streams.errors.UpstreamError` subclasses only (and
+        ``ValueError`` for a malformed ``mime``)."""
+        inputs = list(images) if images else [(image, mime)]
+        content: list[dict[str, str]] = []
+        for data, kind in inputs:
+            if data is None or kind is None:
+                raise ValueError("an image needs its bytes and MIME type")
+            content.append({"image": _data_uri(data, kind)})
+        content.append({"text": prompt})
         kwargs: dict[str, Any] = {
             key: value
             for key, value in params.items()
@@ -306,7 +321,7 @@ class DashScopeEditor:
         try:
             async with asyncio.timeout(self.timeout):
                 response = await _NoUploadConversation.call(
-                    model=self.model,
+                    model=model or self.model,
                     messages=[{"role": "user", "content": content}],
                     api_key=self._api_key,
                     request_timeout=self.timeout,

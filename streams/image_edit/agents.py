@@ -121,10 +121,9 @@ async def plan_task(task: TaskRequest) -> list[asyncio.Future[Any]]:
     the producer before any job, on the partition its results will use, so the
     aggregator always reads it first without waiting for its delivery here.
     """
-    edit_type, prompt, params = validate_edit_request(
+    edit_type, prompt, params, model = validate_edit_request(
         task.edit_type, task.edit_params, len(task.images), settings, load_presets()
     )
-    params.pop("prompt", None)
     gate = asyncio.Semaphore(PLAN_PARALLELISM)
 
     async def prepare(ref: ImageRef) -> tuple[str, ImageInfo] | InputError:
@@ -145,7 +144,7 @@ async def plan_task(task: TaskRequest) -> list[asyncio.Future[Any]]:
     missing = [i for i, item in enumerate(prepared) if item is None]
     for i, item in zip(missing, await asyncio.gather(*(prepare(task.images[i]) for i in missing)), strict=True):
         prepared[i] = item
-    key_for = cache_keys_for(model=settings.model, edit_type=edit_type, prompt=prompt, params=params)
+    key_for = cache_keys_for(model=model, edit_type=edit_type, prompt=prompt, params=params)
     now = time.time()
     plan = TaskUpdate(task_id=task.task_id, kind="plan", total_images=len(task.images),
                       created_at=task.submitted_at or now)
@@ -162,7 +161,7 @@ async def plan_task(task: TaskRequest) -> list[asyncio.Future[Any]]:
         sha, info = item
         key = key_for(info.identity)
         job = ImageJob(task_id=task.task_id, index=index, filename=ref.filename, edit_type=edit_type,
-                       prompt=prompt, params=params, cache_key=key, image_sha256=sha, blob=sha,
+                       prompt=prompt, params=params, cache_key=key, image_sha256=sha, blob=sha, model=model,
                        submitted_at=task.submitted_at or now)
         by_partition.setdefault(partition_for(key, settings.topic_partitions), []).append(job)
     for partition, jobs in sorted(by_partition.items()):

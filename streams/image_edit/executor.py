@@ -150,7 +150,8 @@ class EditExecutor:
             if self.limiter is not None:
                 await self.limiter.acquire()
             metrics.inc("upstream_calls_total")
-            return await self.editor.edit(image=image, mime=mime, prompt=job.prompt, params=job.params)
+            return await self.editor.edit(image=image, mime=mime, prompt=job.prompt, params=job.params,
+                                          model=job.model or self.settings.model)
 
     async def _download(self, url: str) -> bytes:
         last: Exception | None = None

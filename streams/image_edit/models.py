@@ -73,6 +73,9 @@ class ImageJob(_Record):
     image_sha256: str
     blob: str
     submitted_at: float = 0.0
+    #: The DashScope model (``edit_params.model``); empty in jobs of older workers: the
+    #: worker's ``IMAGESTREAM_MODEL``.
+    model: str = ""
 
 
 class ImageJobBatch(_Record):

@@ -129,7 +129,7 @@ class SubmitTask(faust.web.View):
     async def post(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         submission = await read_submission(request)
-        edit_type, prompt, params = validate_edit_request(
+        edit = validate_edit_request(
             submission.edit_type,
             submission.edit_params,
             len(submission.files),
@@ -145,8 +145,8 @@ class SubmitTask(faust.web.View):
         task_id = uuid.uuid4().hex
         task = TaskRequest(
             task_id=task_id,
-            edit_type=edit_type,
-            edit_params={**params, "prompt": prompt},
+            edit_type=edit.edit_type,
+            edit_params={**edit.params, "prompt": edit.prompt, "model": edit.model},
             images=refs,
             submitted_at=time.time(),
         )
