@@ -621,6 +621,7 @@ async def _generate(
                     max_pixels=config.max_pixels,
                     min_side=config.min_side,
                     max_side=config.max_side,
+                    output=index,
                 )
             )
     except edits.ImageTooBig as exc:

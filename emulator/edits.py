@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 __all__ = [
     "EDIT_KEYWORDS",
@@ -152,8 +152,13 @@ def edit_image_bytes(
     max_pixels: int = 40_000_000,
     min_side: int = 1,
     max_side: int = 16384,
+    output: int = 0,
 ) -> EditedImage:
     """Decode, edit, encode. The first image is edited; others are decoded (validated).
+
+    ``output`` is the output's place among the call's ``n``: the real service returns
+    ``n`` different pictures, so each output carries its number in a PNG text chunk
+    (its pixels may still coincide, e.g. for an edit the seed does not change).
 
     Raises :class:`ImageDecodeError` or :class:`ImageTooBig` for bad input.
     """
@@ -168,5 +173,7 @@ def edit_image_bytes(
     if watermark:
         _watermark(out)
     buffer = io.BytesIO()
-    out.save(buffer, format="PNG", optimize=False)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("emulator-output", str(output))
+    out.save(buffer, format="PNG", optimize=False, pnginfo=info)
     return EditedImage(png=buffer.getvalue(), width=out.width, height=out.height, edit=edit)

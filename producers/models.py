@@ -80,6 +80,9 @@ class ImageResult:
     cache_status: str | None = None  # HIT | MISS | COALESCED
     upstream_request_id: str | None = None
     result_blob: str | None = None
+    #: Every output of the call (``edit_params.n`` of them), our own blob URLs in
+    #: upstream order; ``result_url`` is the first.
+    result_urls: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -93,11 +96,13 @@ class ImageResult:
         values["error"] = _error(values.get("error"))
         values.setdefault("filename", f"image-{values['index']}")
         values.setdefault("status", "failed")
+        values["result_urls"] = tuple(values.get("result_urls") or ())
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["error"] = self.error.to_dict() if self.error else None
+        out["result_urls"] = list(self.result_urls)
         return out
 
 

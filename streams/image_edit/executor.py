@@ -131,11 +131,14 @@ class EditExecutor:
                 log.info("retrying %s after %s (attempt %d, %.2fs)", job.cache_key[:12], exc.code, attempt,
                          decision.delay)
                 await asyncio.sleep(decision.delay)  # backoff outside the window: the slot is free meanwhile
-        data = await self._download(outcome.result_url)
-        blob = await self.blobs.put(data)
+        # Every output was paid for: keep all of them (upstream URLs expire in 24 h).
+        urls = outcome.result_urls or (outcome.result_url,)
+        datas = await asyncio.gather(*(self._download(url) for url in urls))
+        blobs = list(await asyncio.gather(*(self.blobs.put(data) for data in datas)))
         entry = CacheEntry(
-            result_blob=blob,
-            size=len(data),
+            result_blob=blobs[0],
+            result_blobs=blobs,
+            size=len(datas[0]),
             width=outcome.width or 0,
             height=outcome.height or 0,
             upstream_request_id=outcome.request_id,
@@ -191,6 +194,7 @@ class EditExecutor:
             "filename": job.filename,
             "status": "completed",
             "result_url": result_url_for(self.settings, entry.result_blob),
+            "result_urls": [result_url_for(self.settings, blob) for blob in entry.blobs()],
             "from_cache": status != "MISS",
             "error": None,
             "cache_key": job.cache_key,

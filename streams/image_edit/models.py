@@ -158,6 +158,9 @@ class ImageResult(_Record):
     result_blob: Optional[str] = None
     #: sha256 of the input image in the blob store (``/api/v1/blobs/{source_blob}``).
     source_blob: Optional[str] = None
+    #: Every output of the call (``n`` of them, upstream order), as our own blob URLs;
+    #: ``result_url`` is the first.  Each one was paid for.
+    result_urls: list[str] = []
 
 
 class TaskStatus(_Record):
@@ -195,12 +198,18 @@ def results_update(task_id: str, results: Sequence[ImageResult | Mapping[str, An
 
 
 class CacheEntry(_Record):
-    """Value of the ``edit_cache`` table: where a finished edit's result lives."""
+    """Value of the ``edit_cache`` table: where a finished edit's results live."""
 
-    result_blob: str
+    result_blob: str  # the first output (entries of older workers hold only this one)
     size: int
     width: int = 0
     height: int = 0
     upstream_request_id: Optional[str] = None
     upstream_url: Optional[str] = None
     created_at: float = 0.0
+    #: Every output blob of the call, in upstream order (``result_blobs[0] == result_blob``).
+    result_blobs: list[str] = []
+
+    def blobs(self) -> list[str]:
+        """All output blobs (an entry written before ``n`` was kept has just one)."""
+        return list(self.result_blobs) or [self.result_blob]

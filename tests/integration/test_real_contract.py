@@ -7,6 +7,7 @@ import io
 import time
 from typing import Any
 
+import aiohttp
 import pytest
 from PIL import Image, ImageDraw
 
@@ -67,3 +68,39 @@ async def test_params_checked_against_the_model_before_any_call(
     assert body["error"]["code"] == code, body
     assert named in body["error"]["message"], body
     assert (await emulator_stats(fresh_emulator))["total_requests"] == 0
+
+
+# --- (2) every paid output kept --------------------------------------------------------
+async def download(url: str) -> Image.Image:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as resp:
+            assert resp.status == 200, url
+            return Image.open(io.BytesIO(await resp.read()))
+
+
+async def test_n_outputs_are_all_kept_and_all_come_back_from_the_cache(
+    worker: Worker, fresh_emulator: Emulator
+) -> None:
+    seed = unique_seed()
+    files = [("a.png", picture(seed)), ("b.png", picture(seed + 1))]
+    params = {"model": "qwen-image-edit-plus", "n": 3, "seed": 11}
+    status, body = await submit(worker.url, edit_form(files, edit_type="enhance", params=params))
+    assert status == 202, body
+    done = await wait_task(worker.url, body["task_id"])
+    assert done["status"] == "completed", done
+    stats = await emulator_stats(fresh_emulator)
+    assert stats["per_model"]["qwen-image-edit-plus"]["requests"] == 2  # one call per image, not per output
+    first: dict[int, list[str]] = {}
+    for result in done["results"]:
+        urls = result["result_urls"]
+        assert len(urls) == 3 and result["result_url"] == urls[0], result
+        assert len(set(urls)) == 3, "the three outputs are different pictures"
+        for url in urls:
+            assert (await download(url)).size[0] > 0
+        first[result["index"]] = urls
+    # Resubmitted: every image from the cache, with all three outputs, no new call.
+    status, body = await submit(worker.url, edit_form(files, edit_type="enhance", params=params))
+    again = await wait_task(worker.url, body["task_id"])
+    assert all(r["cache_status"] == "HIT" for r in again["results"]), again
+    assert {r["index"]: r["result_urls"] for r in again["results"]} == first
+    assert (await emulator_stats(fresh_emulator))["total_requests"] == 2
