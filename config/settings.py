@@ -131,6 +131,9 @@ class Settings:
     upstream_max_attempts: int = 5
     upstream_backoff_base: float = 0.5
     upstream_backoff_max: float = 20.0
+    #: Seconds between probe calls of a model blocked after an account-state error
+    #: (arrears, not purchased, free quota used up); at most 30.
+    upstream_probe_interval: float = 30.0
     max_images_per_task: int = 50
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -248,6 +251,8 @@ class Settings:
             raise SettingsError("IMAGESTREAM_TOPIC_PARTITIONS must be >= 1")
         if self.upstream_rps is not None and self.upstream_rps <= 0:
             raise SettingsError("IMAGESTREAM_UPSTREAM_RPS must be > 0 when set")
+        if not 0 < self.upstream_probe_interval <= 30:
+            raise SettingsError("IMAGESTREAM_UPSTREAM_PROBE_INTERVAL must be in (0, 30] seconds")
         if self.max_images_per_task < 1:
             raise SettingsError("IMAGESTREAM_MAX_IMAGES_PER_TASK must be >= 1")
         if self.dimension_timeout <= 0:

@@ -51,6 +51,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from emulator import edits
 from emulator.faults import (
+    ACCOUNT_ERRORS,
     ERRORS,
     AccountRateLimiter,
     Decision,
@@ -298,6 +299,8 @@ class EmulatorState:
     stats: Stats = field(default_factory=Stats)
     results: ResultStore = field(init=False)
     http: aiohttp.ClientSession | None = None
+    #: Model (or "*": every model) → an ACCOUNT_ERRORS name, switched at run time.
+    account_errors: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.results = ResultStore(
@@ -309,6 +312,7 @@ class EmulatorState:
             **self.faults.to_json(),
             "account_rps": self.limiter.rps if self.limiter else None,
             "result_ttl": self.result_ttl,
+            "account_error": dict(self.account_errors),
         }
 
 
@@ -585,6 +589,10 @@ async def _generate(
     parsed = _parse_call(body, config)
     call.model(parsed.model)
 
+    account = state.account_errors.get(parsed.model) or state.account_errors.get("*")
+    if account is not None:
+        spec = ACCOUNT_ERRORS[account]
+        raise _ApiError(spec.status, spec.code, spec.message)
     if state.limiter is not None and not state.limiter.allow(time.monotonic()):
         spec = ERRORS[Fault.THROTTLE_RATE]
         raise _ApiError(spec.status, spec.code, spec.message)
@@ -750,6 +758,10 @@ async def post_config(request: web.Request) -> web.Response:
         rps = changes.pop("account_rps", ...)
         ttl = changes.pop("result_ttl", ...)
         seed = changes.pop("seed", ...)
+        account = changes.pop("account_error", ...)
+        account_errors = state.account_errors
+        if account is not ...:
+            account_errors = _account_errors(account)
         faults = state.faults.updated(changes)
         limiter = state.limiter
         if rps is not ...:
@@ -764,11 +776,30 @@ async def post_config(request: web.Request) -> web.Response:
         )
     state.faults = faults
     state.limiter = limiter
+    state.account_errors = account_errors
     if ttl is not ...:
         state.result_ttl = float(ttl)
     if seed is not ...:
         state.rng.seed(seed)
     return web.json_response(state.settings_json())
+
+
+def _account_errors(value: Any) -> dict[str, str]:
+    """``account_error``: null (none), a name (every model) or ``{model: name|null}``."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = {"*": value}
+    if not isinstance(value, dict):
+        raise FaultConfigError("account_error must be null, a name or {model: name}")
+    out = {}
+    for model, name in value.items():
+        if name is None:
+            continue
+        if name not in ACCOUNT_ERRORS:
+            raise FaultConfigError(f"account_error {name!r}: expected one of {sorted(ACCOUNT_ERRORS)}")
+        out[str(model)] = name
+    return out
 
 
 # --------------------------------------------------------------------------- app

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
+    "ACCOUNT_ERRORS",
     "ERRORS",
     "AccountRateLimiter",
     "Decision",
@@ -88,6 +89,18 @@ ERRORS: Mapping[Fault, ErrorSpec] = {
     Fault.INSPECTION_FAILED: ErrorSpec(
         400, "DataInspectionFailed", "Input or output data may contain inappropriate content."
     ),
+}
+
+#: Account states the emulator can be switched into at run time (``account_error`` in
+#: ``POST /_emulator/config``): every call to the affected models gets this answer.
+ACCOUNT_ERRORS: Mapping[str, ErrorSpec] = {
+    "arrears": ErrorSpec(400, "Arrearage", "Access denied, please make sure your account is in good standing."),
+    "bill_overdue": ErrorSpec(400, "PrepaidBillOverdue", "The prepaid bill is overdue."),
+    "not_purchased": ErrorSpec(
+        403, "AccessDenied.Unpurchased",
+        "Access to model denied. Please make sure you are eligible for using the model."),
+    "model_access_denied": ErrorSpec(403, "Model.AccessDenied", "Model access denied."),
+    "free_quota": ErrorSpec(429, "Throttling.AllocationQuota", "Free allocated quota exceeded."),
 }
 
 _THROTTLES = (Fault.THROTTLE_RATE, Fault.THROTTLE_BURST, Fault.QUOTA_EXCEEDED)

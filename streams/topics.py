@@ -46,6 +46,7 @@ __all__ = [
     "image_edit_results_topic",
     "image_edit_task_status_topic",
     "task_updates_topic",
+    "upstream_blocks_topic",
     "TopicSpec",
     "create_topics",
     "every_topic_spec",
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 
-def _topic(name: str, *, compacted: bool = False) -> faust.TopicT:
+def _topic(name: str, *, compacted: bool = False, partitions: int | None = None) -> faust.TopicT:
     # Values travel as raw JSON bytes: consumers parse them with the pipelines'
     # validators (a bad event becomes a dead letter, not an agent crash);
     # producers send Records, which serialise themselves as plain JSON.
@@ -66,7 +67,7 @@ def _topic(name: str, *, compacted: bool = False) -> faust.TopicT:
         key_serializer=JSON_KEY,
         value_serializer="raw",
         internal=True,
-        partitions=settings.topic_partitions,
+        partitions=partitions or settings.topic_partitions,
         compacting=compacted or None,
     )
 
@@ -88,6 +89,11 @@ dimension_fetch_topic = _topic("imagestream-dimension-fetches")
 #: Internal: fetched sizes, keyed by session|resource|scene for the dimensions table.
 dimension_updates_topic = _topic("imagestream-dimension-updates")
 
+#: Internal: per-model upstream blocks set and lifted after account-state errors
+#: (streams/image_edit/blocks.py), keyed by model.  One compacted partition that every
+#: worker reads whole (outside the consumer group), so all learn of a block at once.
+upstream_blocks_topic = _topic("imagestream-upstream-blocks", compacted=True, partitions=1)
+
 # Errors ------------------------------------------------------------------------------
 dead_letter_topic = _topic("imagestream-dead-letters")
 
@@ -101,6 +107,7 @@ ALL_TOPICS: tuple[faust.TopicT, ...] = (
     dimension_results_topic,
     dimension_fetch_topic,
     dimension_updates_topic,
+    upstream_blocks_topic,
     dead_letter_topic,
 )
 

@@ -59,6 +59,7 @@ from dashscope.common.error import (
 )
 
 from streams.errors import (
+    UpstreamAccountError,
     UpstreamError,
     UpstreamQuotaExhausted,
     UpstreamRateLimited,
@@ -99,13 +100,29 @@ class EditOutcome:
 
 # --------------------------------------------------------------------------- translation
 
+#: Upstream codes that say the account cannot pay (Model Studio's error-code page:
+#: 400 Arrearage "Access denied, please make sure your account is in good standing").
+ARREARS_CODES = frozenset({"Arrearage", "PrepaidBillOverdue", "PostpaidBillOverdue"})
+#: Upstream codes that say the account has not bought (activated) the model.
+NOT_PURCHASED_CODES = frozenset({"AccessDenied.Unpurchased", "Model.AccessDenied", "CommodityNotPurchased"})
+#: The rate-limit page: "Allocated quota exceeded" is a per-minute limit that
+#: "typically recovers automatically within one minute".
+ALLOCATED_QUOTA_RETRY_AFTER = 60.0
+
+
 
 def translate(
     status_code: int | None, code: str | None, message: str | None, request_id: str | None
 ) -> UpstreamError:
     """The :mod:`streams.errors` class for an upstream error answer.
 
-    * 429 "Allocated quota exceeded" → :class:`UpstreamQuotaExhausted` (stop retrying)
+    * Arrearage / *BillOverdue → :class:`UpstreamAccountError` ``account_in_arrears``
+    * AccessDenied.Unpurchased / Model.AccessDenied / CommodityNotPurchased →
+      :class:`UpstreamAccountError` ``model_not_purchased``
+    * 429 "Free allocated quota exceeded" → :class:`UpstreamQuotaExhausted` (the free
+      quota is used up: stop)
+    * 429 "Allocated quota exceeded" → :class:`UpstreamRateLimited` with
+      ``retry_after`` = the documented minute
     * 429 "Request rate increased too quickly" → :class:`UpstreamRateLimited` ``burst=True``
     * other 429 → :class:`UpstreamRateLimited`
     * 401 / 403 → :class:`UpstreamRejected` with the upstream code (``InvalidApiKey``
@@ -120,10 +137,16 @@ def translate(
     context = {"http_status": status_code, "request_id": request_id or None}
     shown = f"{upstream_code}: {text}" if upstream_code and text else (text or upstream_code or "")
 
+    if upstream_code in ARREARS_CODES:
+        return UpstreamAccountError(shown, code="account_in_arrears", **context)
+    if upstream_code in NOT_PURCHASED_CODES:
+        return UpstreamAccountError(shown, code="model_not_purchased", **context)
     if status_code == HTTPStatus.TOO_MANY_REQUESTS:
         shown = shown or "rate limited"
-        if "allocated quota exceeded" in folded:
+        if "free allocated quota exceeded" in folded or "free tier" in folded:
             return UpstreamQuotaExhausted(shown, **context)
+        if "allocated quota exceeded" in folded:
+            return UpstreamRateLimited(shown, retry_after=ALLOCATED_QUOTA_RETRY_AFTER, **context)
         if "increased too quickly" in folded:
             return UpstreamRateLimited(shown, burst=True, **context)
         return UpstreamRateLimited(shown, **context)

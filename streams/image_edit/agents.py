@@ -28,6 +28,8 @@ from streams.app import app, settings
 from streams.deadletter import dead_letter
 from streams.errors import ImagestreamError, InputError, InvalidImage, InvalidRequest
 from streams.image_edit import state
+from streams.image_edit.block_board import follow_blocks
+from streams.image_edit.blocks import BlockEvent, ModelBlocks
 from streams.image_edit.executor import EditExecutor
 from streams.image_edit.images import ImageInfo, inspect_image_in_thread, recent_images
 from streams.image_edit.keys import cache_keys_for, image_sha256
@@ -58,6 +60,7 @@ from streams.topics import (
     image_edit_results_topic,
     image_edit_task_status_topic,
     task_updates_topic,
+    upstream_blocks_topic,
 )
 from streams.upstream import DashScopeEditor
 
@@ -236,11 +239,32 @@ def executor() -> EditExecutor:
         rt = runtime()
         editor = DashScopeEditor(model=settings.model, api_key=settings.dashscope_api_key,
                                  base_url=settings.dashscope_base_url, timeout=settings.upstream_timeout)
-        _executor = EditExecutor(settings=settings, blobs=rt.blobs, editor=editor, http=rt.http)
+        _executor = EditExecutor(settings=settings, blobs=rt.blobs, editor=editor, http=rt.http, blocks=blocks)
+        _executor.on_block_change = _tell_workers
         metrics.gauge("upstream_in_flight", lambda: [
             ((("partition", str(p)),), float(w.in_flight)) for p, w in sorted(_executor.windows.items())
         ] if _executor else [])
     return _executor
+
+
+#: The models this worker must not call now (set here or learnt from the others).
+blocks = ModelBlocks(probe_interval=settings.upstream_probe_interval)
+metrics.gauge("upstream_blocked", lambda: [((("code", b.code), ("model", b.model)), 1.0) for b in blocks.all()])
+_telling: set[asyncio.Task[Any]] = set()
+
+
+def _tell_workers(event: BlockEvent) -> None:
+    """Publish a block set or lifted here; every worker (this one too) reads it back."""
+    task = asyncio.ensure_future(publish(upstream_blocks_topic, event.model, event.dumps()))
+    _telling.add(task)
+    task.add_done_callback(_telling.discard)
+
+
+@app.task
+async def follow_upstream_blocks() -> None:
+    """Learn the blocks other workers found, without paying a request for them."""
+    await follow_blocks(settings.kafka_bootstrap, upstream_blocks_topic.get_topic_name(),
+                        blocks.apply)
 
 
 def fresh_entry(entry: CacheEntry | None, now: float) -> CacheEntry | None:

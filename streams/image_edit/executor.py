@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,14 @@ import aiohttp
 
 from config import Settings
 from streams.blobs import BlobStore, sniff_mime
-from streams.errors import ImagestreamError, UpstreamError, UpstreamRateLimited, UpstreamUnavailable
+from streams.errors import (
+    ImagestreamError,
+    UpstreamAccountError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+from streams.image_edit.blocks import BlockEvent, ModelBlocks
 from streams.image_edit.limits import RateLimiter, SingleFlight, SlidingWindow
 from streams.image_edit.models import CacheEntry, ErrorInfo, ImageJob, ImageResult, JobRef
 from streams.image_edit.retry import RetryPolicy, decide
@@ -49,6 +56,10 @@ def result_url_for(settings: Settings, blob: str) -> str:
     return f"{settings.public_url}/api/v1/blobs/{blob}"
 
 
+class ModelBlocked(UpstreamAccountError):
+    """A job for a blocked model, failed without a request (see :mod:`blocks`)."""
+
+
 @dataclass(frozen=True)
 class JobOutcome:
     result: ImageResult
@@ -67,6 +78,7 @@ class EditExecutor:
         editor: DashScopeEditor,
         http: aiohttp.ClientSession,
         rng: random.Random | None = None,
+        blocks: ModelBlocks | None = None,
     ) -> None:
         self.settings = settings
         self.blobs = blobs
@@ -86,6 +98,11 @@ class EditExecutor:
             else None
         )
         self.policy = RetryPolicy.from_settings(settings)
+        #: Models this worker (or another, through the blocks topic) found the account
+        #: cannot call; checked before every request.
+        self.blocks = blocks if blocks is not None else ModelBlocks()
+        #: Called with every block set or lifted here, to tell the other workers.
+        self.on_block_change: Callable[[BlockEvent], None] | None = None
 
     # ------------------------------------------------------------------------------
     def hits(self, found: Sequence[tuple[JobRef, CacheEntry]], started: float) -> list[dict[str, Any]]:
@@ -118,6 +135,9 @@ class EditExecutor:
             try:
                 outcome = await self._call(job, image, mime, partition)
                 break
+            except ModelBlocked:
+                metrics.inc("upstream_blocked_refusals_total")
+                raise
             except UpstreamError as exc:
                 decision = decide(exc, attempt, policy=self.policy, rng=self.rng)
                 metrics.inc("upstream_errors_total", code=exc.code)
@@ -149,12 +169,46 @@ class EditExecutor:
         return entry
 
     async def _call(self, job: ImageJob, image: bytes, mime: str, partition: int):  # type: ignore[no-untyped-def]
+        model = job.model or self.settings.model
         async with self.windows[partition]:
             if self.limiter is not None:
                 await self.limiter.acquire()
+            # Checked at the last moment: a job that queued for a slot while the block
+            # began must not pay a request for an answer already known.
+            block = self.blocks.get(model)
+            if block is not None and not self.blocks.claim_probe(model, time.time()):
+                raise ModelBlocked(f"{block.message} (model {model} blocked since {block.since:.0f}; "
+                                   "no request sent, a probe call retries every 30 s)", code=block.code)
             metrics.inc("upstream_calls_total")
-            return await self.editor.edit(image=image, mime=mime, prompt=job.prompt, params=job.params,
-                                          model=job.model or self.settings.model)
+            if block is not None:
+                metrics.inc("upstream_probes_total")
+            try:
+                outcome = await self.editor.edit(image=image, mime=mime, prompt=job.prompt, params=job.params,
+                                                 model=model)
+            except UpstreamAccountError as exc:
+                self._block(model, exc)
+                raise
+            if block is not None and self.blocks.lift(model, time.time()):
+                log.warning("upstream: model %s works again (probe succeeded); block lifted", model)
+                self._tell(BlockEvent(model=model, blocked=False, at=time.time()))
+            return outcome
+
+    def _block(self, model: str, exc: UpstreamAccountError) -> None:
+        now = time.time()
+        if self.blocks.block(model, exc.code, exc.message, now):
+            log.error("upstream: model %s blocked after %s; jobs for it fail at once until a probe succeeds",
+                      model, exc.code)
+        block = self.blocks.get(model)
+        assert block is not None
+        self._tell(BlockEvent(model=model, blocked=True, at=now, code=block.code, message=block.message,
+                              since=block.since))
+
+    def _tell(self, event: BlockEvent) -> None:
+        if self.on_block_change is not None:
+            try:
+                self.on_block_change(event)
+            except Exception:  # telling the others must never fail the job
+                log.exception("could not publish the upstream block of %s", event.model)
 
     async def _download(self, url: str) -> bytes:
         last: Exception | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -12,7 +13,17 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import Emulator, Worker
-from tests.support import edit_form, emulator_stats, submit, wait_task
+from tests.support import (
+    TopicReader,
+    edit_form,
+    emulator_config,
+    emulator_stats,
+    get_json,
+    start_worker,
+    submit,
+    wait_for,
+    wait_task,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +115,65 @@ async def test_n_outputs_are_all_kept_and_all_come_back_from_the_cache(
     assert all(r["cache_status"] == "HIT" for r in again["results"]), again
     assert {r["index"]: r["result_urls"] for r in again["results"]} == first
     assert (await emulator_stats(fresh_emulator))["total_requests"] == 2
+
+
+# --- (3) account-state errors stop the spending ----------------------------------------
+@pytest.fixture(scope="module")
+def probing_worker(kafka_bootstrap: str, emulator: Emulator, tmp_path_factory: pytest.TempPathFactory,
+                   session_id: str) -> Iterator[Worker]:
+    """A worker of its own whose blocked models are probed every 2 s (default 30 s), so
+    recovery is seen quickly."""
+    w = start_worker("probing-worker", kafka_bootstrap=kafka_bootstrap, emulator=emulator,
+                     data_dir=tmp_path_factory.mktemp("probing"), app_id=f"imagestream-probe-{session_id}",
+                     extra_env={"IMAGESTREAM_UPSTREAM_PROBE_INTERVAL": "2"})
+    yield w
+    w.proc.stop()
+
+
+async def test_account_error_blocks_the_model_then_work_resumes_by_itself(
+    probing_worker: Worker, kafka_bootstrap: str, fresh_emulator: Emulator
+) -> None:
+    worker = probing_worker
+    model = "qwen-image-edit-plus"
+    seed = unique_seed()
+    await emulator_config(fresh_emulator, account_error={model: "arrears"})
+    try:
+        files = [(f"{i}.png", picture(seed + i)) for i in range(12)]
+        async with TopicReader(kafka_bootstrap, worker.topic("imagestream-upstream-blocks")) as board:
+            status, body = await submit(worker.url, edit_form(files, params={"model": model}))
+            assert status == 202, body
+            done = await wait_task(worker.url, body["task_id"])
+            event, *_ = await board.collect(lambda v: v.get("model") == model and v.get("blocked"), timeout=30)
+        assert event["code"] == "account_in_arrears"
+        assert done["status"] == "failed" and done["failed_images"] == 12, done
+        assert {r["error"]["code"] for r in done["results"]} == {"account_in_arrears"}
+        # At most the three calls in flight when the first answer came; the rest failed at once.
+        requests = (await emulator_stats(fresh_emulator))["per_model"][model]["requests"]
+        assert 1 <= requests <= 3, requests
+        _, stats = await get_json(f"{worker.url}/api/v1/stats")
+        [blocked] = stats["upstream"]["blocked"]
+        assert (blocked["model"], blocked["code"]) == (model, "account_in_arrears") and blocked["since"] > 0
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{worker.url}/metrics") as resp:
+                text = await resp.text()
+        assert f'upstream_blocked{{code="account_in_arrears",model="{model}"}} 1' in text, text[-2000:]
+        # Another model of the same account is not blocked.
+        status, body = await submit(worker.url, edit_form([("other.png", picture(seed + 50))]))
+        assert (await wait_task(worker.url, body["task_id"]))["status"] == "completed"
+    finally:
+        await emulator_config(fresh_emulator, account_error=None)
+    # The bill is paid: a probe (one job, at most every 2 s here) finds out, and the
+    # model works again without a restart.
+    attempt = 0
+
+    async def recovered() -> bool:
+        nonlocal attempt
+        attempt += 1
+        _, body = await submit(worker.url, edit_form([("again.png", picture(seed + 100 + attempt))],
+                                                     params={"model": model}))
+        return (await wait_task(worker.url, body["task_id"]))["status"] == "completed"
+
+    await wait_for(recovered, timeout=30, interval=0.5, what="the blocked model to work again")
+    _, stats = await get_json(f"{worker.url}/api/v1/stats")
+    assert stats["upstream"]["blocked"] == []
+    assert (await emulator_stats(fresh_emulator))["per_model"][model]["requests"] <= 3 + attempt
