@@ -93,7 +93,15 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="accepted API key(s), comma separated",
     )
     parser.add_argument("--result-ttl", type=float, default=default("RESULT_TTL", "86400"))
-    parser.add_argument("--account-rps", type=float, default=default("ACCOUNT_RPS", None))
+    parser.add_argument("--account-rps", type=float, default=default("ACCOUNT_RPS", None),
+                        help="one requests/second limit for every model instead of the catalogue's")
+    parser.add_argument("--unlimited", action="store_true",
+                        default=default("UNLIMITED", "") in ("1", "true", "yes", "on"),
+                        help="no account rate limits (on by default: the catalogue's per-model limits, "
+                             "summed over all keys, as the real service applies them)")
+    parser.add_argument("--output-size", choices=("1mp", "input"), default=default("OUTPUT_SIZE", "1mp"),
+                        help="1mp: ~1024*1024 keeping the last input's aspect (the real default); "
+                             "input: the last input's own size")
     parser.add_argument("--public-url", default=default("PUBLIC_URL", None))
     parser.add_argument("--log-level", default=default("LOG_LEVEL", "INFO"))
     return parser
@@ -119,6 +127,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         seed=args.seed,
         result_ttl=args.result_ttl,
         account_rps=args.account_rps,
+        account_limits=not args.unlimited,
+        output_size=args.output_size,
         public_url=args.public_url,
     )
 
