@@ -125,6 +125,13 @@ class Settings:
 
     # --- Image edit ----------------------------------------------------------------
     model: str = DEFAULT_MODEL
+    #: Model Studio region (``cn-beijing``, ``ap-southeast-1``): the endpoint the SDK
+    #: calls (unless DASHSCOPE_HTTP_BASE_URL says otherwise), the price column and the
+    #: limits of config/models.toml.  Keys of one region do not work in another.
+    region: str = "cn-beijing"
+    #: The SDK's DASHSCOPE_WORKSPACE_ID: with it, a non-Beijing region uses the SDK's
+    #: own workspace endpoint (``{workspace}.{region}.maas.aliyuncs.com``).
+    dashscope_workspace_id: str | None = None
     upstream_concurrency: int = 3
     upstream_rps: float | None = None
     upstream_timeout: float = 120.0
@@ -238,6 +245,8 @@ class Settings:
             values["dashscope_api_key"] = env["DASHSCOPE_API_KEY"]
         if env.get("DASHSCOPE_HTTP_BASE_URL"):
             values["dashscope_base_url"] = env["DASHSCOPE_HTTP_BASE_URL"]
+        if env.get("DASHSCOPE_WORKSPACE_ID"):
+            values["dashscope_workspace_id"] = env["DASHSCOPE_WORKSPACE_ID"]
 
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
@@ -251,6 +260,13 @@ class Settings:
             raise SettingsError("IMAGESTREAM_TOPIC_PARTITIONS must be >= 1")
         if self.upstream_rps is not None and self.upstream_rps <= 0:
             raise SettingsError("IMAGESTREAM_UPSTREAM_RPS must be > 0 when set")
+        from config.catalogue import load_catalogue  # beside this module, no dependencies
+
+        catalogue = load_catalogue()
+        if self.region not in catalogue.regions:
+            raise SettingsError(f"IMAGESTREAM_REGION={self.region!r}: expected one of {sorted(catalogue.regions)}")
+        if self.model not in catalogue.models:
+            raise SettingsError(f"IMAGESTREAM_MODEL={self.model!r} is not in config/models.toml")
         if not 0 < self.upstream_probe_interval <= 30:
             raise SettingsError("IMAGESTREAM_UPSTREAM_PROBE_INTERVAL must be in (0, 30] seconds")
         if self.max_images_per_task < 1:
@@ -282,6 +298,7 @@ _SPECIAL = frozenset(
         "fetch_allowlist",
         "dashscope_api_key",
         "dashscope_base_url",
+        "dashscope_workspace_id",
         "blob_presign",
     }
 )

@@ -65,6 +65,25 @@ def _blocked() -> list[dict[str, Any]]:
             for b in agents.blocks.all()]
 
 
+def _cost() -> dict[str, Any]:
+    """Spent upstream and saved by the cache, per model (catalogue prices, region's currency)."""
+    from config.catalogue import load_catalogue
+    from streams.app import settings
+
+    currency = load_catalogue().region(settings.region).currency
+    by_model: dict[str, dict[str, float]] = {}
+    for kind in ("spent", "saved"):
+        for model, value in metrics.by_label(f"cost_{kind}_total", "model").items():
+            by_model.setdefault(model, {"spent": 0.0, "saved": 0.0})[kind] = round(value, 6)
+    return {
+        "currency": currency,
+        "region": settings.region,
+        "spent": round(metrics.get("cost_spent_total"), 6),
+        "saved": round(metrics.get("cost_saved_total"), 6),
+        "by_model": dict(sorted(by_model.items())),
+    }
+
+
 def stats_document() -> dict[str, Any]:
     """The JSON stats document (what ``/api/v1/stats`` answers)."""
     m = metrics
@@ -111,6 +130,7 @@ def stats_document() -> dict[str, Any]:
             "blocked_refusals": m.get("upstream_blocked_refusals_total"),
             "probes": m.get("upstream_probes_total"),
         },
+        "cost": _cost(),
         "dimensions": {
             "requests": m.get("dimension_requests_total"),
             "cache_hits": m.get("dimension_cache_hits_total"),

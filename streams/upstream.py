@@ -69,6 +69,7 @@ from streams.errors import (
 
 __all__ = [
     "PASSED_PARAMS",
+    "region_base_url",
     "DashScopeEditor",
     "EditOutcome",
     "translate",
@@ -206,6 +207,26 @@ def translate_exception(exc: BaseException) -> UpstreamError:
     return UpstreamUnavailable(
         f"unexpected upstream failure: {type(exc).__name__}: {exc}", code="bad_response"
     )
+
+
+# --------------------------------------------------------------------------- region
+
+
+def region_base_url(region: str, *, catalogue_url: str, workspace_id: str | None) -> str:
+    """The endpoint of a Model Studio region, through the SDK's own rules where it has them.
+
+    dashscope 2.0.2 (``dashscope.common.env``): ``cn-beijing`` is
+    ``https://dashscope.aliyuncs.com/api/v1``; a region in ``MAAS_REGIONS`` with a
+    workspace id (``DASHSCOPE_WORKSPACE_ID``) is ``https://{workspace}.{region}
+    .maas.aliyuncs.com/api/v1``.  Without a workspace id the API reference's endpoint
+    for the region (``catalogue_url``, e.g. ``dashscope-intl`` for Singapore) is used.
+    """
+    from dashscope.common.env import MAAS_REGIONS, validate_workspace_id
+
+    if workspace_id and region in MAAS_REGIONS:
+        validate_workspace_id(workspace_id)
+        return f"https://{workspace_id}.{MAAS_REGIONS[region]}.maas.aliyuncs.com/api/v1"
+    return catalogue_url
 
 
 # --------------------------------------------------------------------------- client

@@ -62,7 +62,8 @@ from streams.topics import (
     task_updates_topic,
     upstream_blocks_topic,
 )
-from streams.upstream import DashScopeEditor
+from config.catalogue import load_catalogue
+from streams.upstream import DashScopeEditor, region_base_url
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +238,12 @@ def executor() -> EditExecutor:
     global _executor
     if _executor is None:
         rt = runtime()
+        # DASHSCOPE_HTTP_BASE_URL (emulator, proxy) wins; else the region's endpoint.
+        base_url = settings.dashscope_base_url or region_base_url(
+            settings.region, catalogue_url=load_catalogue().region(settings.region).base_url,
+            workspace_id=settings.dashscope_workspace_id)
         editor = DashScopeEditor(model=settings.model, api_key=settings.dashscope_api_key,
-                                 base_url=settings.dashscope_base_url, timeout=settings.upstream_timeout)
+                                 base_url=base_url, timeout=settings.upstream_timeout)
         _executor = EditExecutor(settings=settings, blobs=rt.blobs, editor=editor, http=rt.http, blocks=blocks)
         _executor.on_block_change = _tell_workers
         metrics.gauge("upstream_in_flight", lambda: [

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from config import Settings
+from config.catalogue import load_catalogue
 from streams.blobs import BlobStore, sniff_mime
 from streams.errors import (
     ImagestreamError,
@@ -98,6 +99,10 @@ class EditExecutor:
             else None
         )
         self.policy = RetryPolicy.from_settings(settings)
+        catalogue = load_catalogue()
+        self.currency = catalogue.region(settings.region).currency
+        #: Price of one generated image per model in the configured region.
+        self.prices = {name: spec.price_in(settings.region) for name, spec in catalogue.models.items()}
         #: Models this worker (or another, through the blocks topic) found the account
         #: cannot call; checked before every request.
         self.blocks = blocks if blocks is not None else ModelBlocks()
@@ -242,13 +247,20 @@ class EditExecutor:
 
     def _completed(self, job: ImageJob | JobRef, entry: CacheEntry, started: float, *, status: str) -> dict[str, Any]:
         """The fields of a completed ``ImageResult``."""
+        model = job.model or self.settings.model
+        blobs = entry.blobs()
+        price = round(self.prices.get(model, 0.0) * len(blobs), 6)
+        paid = status == "MISS"  # only a fresh call generated (and billed) images
+        metrics.inc("cost_spent_total" if paid else "cost_saved_total", price, model=model, currency=self.currency)
         return {
             "task_id": job.task_id,
             "index": job.index,
             "filename": job.filename,
             "status": "completed",
             "result_url": result_url_for(self.settings, entry.result_blob),
-            "result_urls": [result_url_for(self.settings, blob) for blob in entry.blobs()],
+            "result_urls": [result_url_for(self.settings, blob) for blob in blobs],
+            "model": model,
+            "cost": {"currency": self.currency, "spent": price if paid else 0.0, "saved": 0.0 if paid else price},
             "from_cache": status != "MISS",
             "error": None,
             "cache_key": job.cache_key,
@@ -272,5 +284,6 @@ class EditExecutor:
             duration_ms=round((time.monotonic() - started) * 1000, 2),
             upstream_request_id=getattr(exc, "request_id", None),
             source_blob=job.blob,
+            model=job.model or self.settings.model,
         )
 

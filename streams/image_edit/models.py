@@ -15,6 +15,7 @@ from mode.utils.compat import want_bytes
 
 __all__ = [
     "CacheEntry",
+    "Cost",
     "ErrorInfo",
     "ImageJob",
     "ImageJobBatch",
@@ -38,6 +39,18 @@ class ErrorInfo(_Record):
 
     code: str
     message: str
+
+
+class Cost(_Record):
+    """What an image or a task cost upstream, and what the cache saved (fixed names).
+
+    ``spent``: generated images × the model's catalogue price in the configured region
+    (only successful images are billed); ``saved``: what cache hits and coalesced jobs
+    would have cost.  Catalogue prices are marked unconfirmed in config/models.toml."""
+
+    currency: str
+    spent: float = 0.0
+    saved: float = 0.0
 
 
 class ImageRef(_Record):
@@ -99,10 +112,12 @@ class JobRef(NamedTuple):
     filename: str
     cache_key: str
     blob: str
+    model: str = ""
 
     @classmethod
     def of(cls, job: Mapping[str, Any]) -> JobRef:
-        return cls(job["task_id"], job["index"], job["filename"], job["cache_key"], job["blob"])
+        return cls(job["task_id"], job["index"], job["filename"], job["cache_key"], job["blob"],
+                   job.get("model") or "")
 
 
 _JOB_FIELDS = frozenset(ImageJob._options.fields)
@@ -161,6 +176,9 @@ class ImageResult(_Record):
     #: Every output of the call (``n`` of them, upstream order), as our own blob URLs;
     #: ``result_url`` is the first.  Each one was paid for.
     result_urls: list[str] = []
+    #: The model the image was edited with, and what the edit cost or saved.
+    model: Optional[str] = None
+    cost: Optional[Cost] = None
 
 
 class TaskStatus(_Record):
@@ -176,6 +194,8 @@ class TaskStatus(_Record):
     created_at: float = 0.0
     updated_at: float = 0.0
     error: Optional[ErrorInfo] = None
+    #: The sum of the results' costs (fixed names: currency, spent, saved).
+    cost: Optional[Cost] = None
 
 
 class TaskUpdate(_Record):

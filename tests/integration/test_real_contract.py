@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from PIL import Image, ImageDraw
 
+from config.catalogue import load_catalogue
 from tests.conftest import Emulator, Worker
 from tests.support import (
     TopicReader,
@@ -95,6 +96,8 @@ async def test_n_outputs_are_all_kept_and_all_come_back_from_the_cache(
     seed = unique_seed()
     files = [("a.png", picture(seed)), ("b.png", picture(seed + 1))]
     params = {"model": "qwen-image-edit-plus", "n": 3, "seed": 11}
+    price = load_catalogue().model("qwen-image-edit-plus").price_in("cn-beijing")
+    _, before = await get_json(f"{worker.url}/api/v1/stats")
     status, body = await submit(worker.url, edit_form(files, edit_type="enhance", params=params))
     assert status == 202, body
     done = await wait_task(worker.url, body["task_id"])
@@ -115,6 +118,19 @@ async def test_n_outputs_are_all_kept_and_all_come_back_from_the_cache(
     assert all(r["cache_status"] == "HIT" for r in again["results"]), again
     assert {r["index"]: r["result_urls"] for r in again["results"]} == first
     assert (await emulator_stats(fresh_emulator))["total_requests"] == 2
+    # (6) cost: 2 calls × 3 generated images × the catalogue price; the resubmission saved as much.
+    assert done["cost"]["currency"] == "CNY"
+    assert done["cost"]["spent"] == pytest.approx(2 * 3 * price) and done["cost"]["saved"] == 0
+    assert again["cost"]["spent"] == 0 and again["cost"]["saved"] == pytest.approx(2 * 3 * price)
+    assert done["results"][0]["cost"]["spent"] == pytest.approx(3 * price)
+    _, after = await get_json(f"{worker.url}/api/v1/stats")
+    was = before["cost"]["by_model"].get("qwen-image-edit-plus", {"spent": 0.0, "saved": 0.0})
+    now = after["cost"]["by_model"]["qwen-image-edit-plus"]
+    assert now["spent"] - was["spent"] == pytest.approx(6 * price)
+    assert now["saved"] - was["saved"] == pytest.approx(6 * price)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{worker.url}/metrics") as resp:
+            assert 'cost_spent_total{currency="CNY",model="qwen-image-edit-plus"}' in await resp.text()
 
 
 # --- (3) account-state errors stop the spending ----------------------------------------

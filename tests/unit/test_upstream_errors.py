@@ -187,3 +187,21 @@ def test_unknown_exception_is_unavailable() -> None:
 def test_already_translated_passes_through() -> None:
     original = UpstreamRateLimited("x")
     assert translate_exception(original) is original
+
+
+def test_region_endpoints_follow_the_reference_and_the_sdk() -> None:
+    from config.catalogue import load_catalogue
+    from streams.upstream import region_base_url
+
+    catalogue = load_catalogue()
+    beijing = catalogue.region("cn-beijing").base_url
+    singapore = catalogue.region("ap-southeast-1").base_url
+    assert region_base_url("cn-beijing", catalogue_url=beijing, workspace_id=None) == \
+        "https://dashscope.aliyuncs.com/api/v1"
+    assert region_base_url("ap-southeast-1", catalogue_url=singapore, workspace_id=None) == \
+        "https://dashscope-intl.aliyuncs.com/api/v1"
+    # With a workspace the SDK's own MaaS endpoint of the region (dashscope.common.env).
+    assert region_base_url("ap-southeast-1", catalogue_url=singapore, workspace_id="ws-1") == \
+        "https://ws-1.ap-southeast-1.maas.aliyuncs.com/api/v1"
+    with pytest.raises(ValueError):
+        region_base_url("ap-southeast-1", catalogue_url=singapore, workspace_id="bad host/x")
