@@ -101,6 +101,8 @@ class ImageResult:
     #: Every output of the call (``edit_params.n`` of them), our own blob URLs in
     #: upstream order; ``result_url`` is the first.
     result_urls: tuple[str, ...] = ()
+    #: The task's image indexes this result was made from (its group, in order).
+    inputs: tuple[int, ...] = ()
     model: str | None = None
     cost: Cost | None = None
 
@@ -117,6 +119,7 @@ class ImageResult:
         values.setdefault("filename", f"image-{values['index']}")
         values.setdefault("status", "failed")
         values["result_urls"] = tuple(values.get("result_urls") or ())
+        values["inputs"] = tuple(int(i) for i in values.get("inputs") or ())
         values["cost"] = Cost.from_dict(values["cost"]) if isinstance(values.get("cost"), Mapping) else None
         return cls(**values)
 
@@ -124,6 +127,7 @@ class ImageResult:
         out = dataclasses.asdict(self)
         out["error"] = self.error.to_dict() if self.error else None
         out["result_urls"] = list(self.result_urls)
+        out["inputs"] = list(self.inputs)
         out["cost"] = self.cost.to_dict() if self.cost else None
         return out
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -49,7 +50,7 @@ from streams.image_edit.models import (
 )
 from streams.image_edit.presets import load_presets
 from streams.image_edit.tables import current_status, edit_cache, last_statuses, task_status
-from streams.image_edit.validation import validate_edit_request, validate_task_request
+from streams.image_edit.validation import validate_edit_request, validate_groups, validate_task_request
 from streams.publish import on_delivery, partition_for, publish
 from streams.routing import event_context
 from streams.runtime import runtime
@@ -128,6 +129,7 @@ async def plan_task(task: TaskRequest) -> list[asyncio.Future[Any]]:
     edit_type, prompt, params, model = validate_edit_request(
         task.edit_type, task.edit_params, len(task.images), settings, load_presets()
     )
+    groups = validate_groups(task.groups, len(task.images), load_catalogue().model(model).max_images)
     gate = asyncio.Semaphore(PLAN_PARALLELISM)
 
     async def prepare(ref: ImageRef) -> tuple[str, ImageInfo] | InputError:
@@ -150,22 +152,30 @@ async def plan_task(task: TaskRequest) -> list[asyncio.Future[Any]]:
         prepared[i] = item
     key_for = cache_keys_for(model=model, edit_type=edit_type, prompt=prompt, params=params)
     now = time.time()
-    plan = TaskUpdate(task_id=task.task_id, kind="plan", total_images=len(task.images),
+    units = groups or [[i] for i in range(len(task.images))]
+    plan = TaskUpdate(task_id=task.task_id, kind="plan", total_images=len(units),
                       created_at=task.submitted_at or now)
     sends = [await publish(task_updates_topic, task.task_id, plan)]
     failed: list[ImageResult] = []
     by_partition: dict[int, list[ImageJob]] = {}
-    for index, (ref, item) in enumerate(zip(task.images, prepared, strict=True)):
-        if isinstance(item, InputError):
-            failed.append(ImageResult(task_id=task.task_id, index=index, filename=ref.filename, status="failed",
-                                      error=ErrorInfo(code=item.code, message=item.message)))
-            metrics.inc("images_failed_total", code=item.code)
+    for index, group in enumerate(units):
+        # One call (and one result) per group; the output follows the last input.
+        last = task.images[group[-1]]
+        items = [prepared[i] for i in group]
+        error = next((item for item in items if isinstance(item, InputError)), None)
+        if error is not None:
+            failed.append(ImageResult(task_id=task.task_id, index=index, filename=last.filename, status="failed",
+                                      inputs=group, error=ErrorInfo(code=error.code, message=error.message)))
+            metrics.inc("images_failed_total", code=error.code)
             continue
-        assert item is not None
-        sha, info = item
-        key = key_for(info.identity)
-        job = ImageJob(task_id=task.task_id, index=index, filename=ref.filename, edit_type=edit_type,
-                       prompt=prompt, params=params, cache_key=key, image_sha256=sha, blob=sha, model=model,
+        shas = [item[0] for item in items]  # type: ignore[index]
+        identities = [item[1].identity for item in items]  # type: ignore[index]
+        # Every input's pixel identity, in order ([1,0] and [0,1] differ); a lone image
+        # keys as it always did.
+        key = key_for(identities[0] if len(group) == 1 else json.dumps(identities))
+        job = ImageJob(task_id=task.task_id, index=index, filename=last.filename, edit_type=edit_type,
+                       prompt=prompt, params=params, cache_key=key, image_sha256=shas[-1], blob=shas[-1],
+                       model=model, blobs=shas if len(group) > 1 else [], inputs=group,
                        submitted_at=task.submitted_at or now)
         by_partition.setdefault(partition_for(key, settings.topic_partitions), []).append(job)
     for partition, jobs in sorted(by_partition.items()):

@@ -132,13 +132,13 @@ class EditExecutor:
 
     # ------------------------------------------------------------------------------
     async def _compute(self, job: ImageJob, partition: int) -> CacheEntry:
-        image = await self.blobs.get(job.blob)
-        mime = sniff_mime(image[:16])
+        datas = [await self.blobs.get(blob) for blob in (job.blobs or [job.blob])]
+        images = [(data, sniff_mime(data[:16])) for data in datas]
         attempt = 0
         while True:
             attempt += 1
             try:
-                outcome = await self._call(job, image, mime, partition)
+                outcome = await self._call(job, images, partition)
                 break
             except ModelBlocked:
                 metrics.inc("upstream_blocked_refusals_total")
@@ -173,7 +173,7 @@ class EditExecutor:
         self.entries.put(job.cache_key, entry)
         return entry
 
-    async def _call(self, job: ImageJob, image: bytes, mime: str, partition: int):  # type: ignore[no-untyped-def]
+    async def _call(self, job: ImageJob, images: list[tuple[bytes, str]], partition: int):  # type: ignore[no-untyped-def]
         model = job.model or self.settings.model
         async with self.windows[partition]:
             if self.limiter is not None:
@@ -188,8 +188,7 @@ class EditExecutor:
             if block is not None:
                 metrics.inc("upstream_probes_total")
             try:
-                outcome = await self.editor.edit(image=image, mime=mime, prompt=job.prompt, params=job.params,
-                                                 model=model)
+                outcome = await self.editor.edit(images=images, prompt=job.prompt, params=job.params, model=model)
             except UpstreamAccountError as exc:
                 self._block(model, exc)
                 raise
@@ -259,6 +258,7 @@ class EditExecutor:
             "status": "completed",
             "result_url": result_url_for(self.settings, entry.result_blob),
             "result_urls": [result_url_for(self.settings, blob) for blob in blobs],
+            "inputs": list(job.inputs) or [job.index],
             "model": model,
             "cost": {"currency": self.currency, "spent": price if paid else 0.0, "saved": 0.0 if paid else price},
             "from_cache": status != "MISS",
@@ -285,5 +285,6 @@ class EditExecutor:
             upstream_request_id=getattr(exc, "request_id", None),
             source_blob=job.blob,
             model=job.model or self.settings.model,
+            inputs=list(job.inputs) or [job.index],
         )
 

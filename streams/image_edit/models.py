@@ -71,6 +71,9 @@ class TaskRequest(_Record):
     edit_params: dict[str, Any] = {}
     submitted_at: float = 0.0
     reply_to: Optional[str] = None
+    #: Multi-image calls (fixed name): lists of 0-based image indexes, 1-3 each, order
+    #: significant; each group is one call and one result.  None: each image alone.
+    groups: Optional[list[list[int]]] = None
 
 
 class ImageJob(_Record):
@@ -89,6 +92,10 @@ class ImageJob(_Record):
     #: The DashScope model (``edit_params.model``); empty in jobs of older workers: the
     #: worker's ``IMAGESTREAM_MODEL``.
     model: str = ""
+    #: The input images of a multi-image call, in order (blob shas); empty: ``blob`` alone.
+    blobs: list[str] = []
+    #: The task's image indexes this job's call takes (its group).
+    inputs: list[int] = []
 
 
 class ImageJobBatch(_Record):
@@ -113,11 +120,12 @@ class JobRef(NamedTuple):
     cache_key: str
     blob: str
     model: str = ""
+    inputs: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, job: Mapping[str, Any]) -> JobRef:
         return cls(job["task_id"], job["index"], job["filename"], job["cache_key"], job["blob"],
-                   job.get("model") or "")
+                   job.get("model") or "", tuple(job.get("inputs") or ()))
 
 
 _JOB_FIELDS = frozenset(ImageJob._options.fields)
@@ -176,6 +184,8 @@ class ImageResult(_Record):
     #: Every output of the call (``n`` of them, upstream order), as our own blob URLs;
     #: ``result_url`` is the first.  Each one was paid for.
     result_urls: list[str] = []
+    #: The task's image indexes this result was made from (fixed name; its group).
+    inputs: list[int] = []
     #: The model the image was edited with, and what the edit cost or saved.
     model: Optional[str] = None
     cost: Optional[Cost] = None

@@ -26,6 +26,9 @@ code                      meaning
 ``invalid_base64``        ``data`` that is not standard base64 (a data-URI prefix and
                           line breaks are allowed and removed)
 ``invalid_url``           a ``url`` that is not absolute http(s)
+``invalid_groups``        ``groups`` not a list of lists of image indexes, an empty
+                          group, a group larger than the model takes (3), an index
+                          out of range or twice in one group
 ========================  ==========================================================
 """
 
@@ -51,6 +54,7 @@ from streams.image_edit.presets import Preset
 
 __all__ = [
     "EditRequest",
+    "validate_groups",
     "MAX_FILENAME_CHARS",
     "MAX_SEED",
     "MAX_TASK_ID_CHARS",
@@ -261,6 +265,35 @@ def validate_edit_request(
     return EditRequest(name, prompt, params, spec.name)
 
 
+# --- groups (multi-image calls) ---------------------------------------------------------
+def validate_groups(raw: Any, n_images: int, max_per_call: int) -> list[list[int]] | None:
+    """``groups`` as a list of lists of 0-based image indexes (order kept), or ``None``
+    (each image its own call).  JSON text (the multipart field) or a list."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:
+            raise _fail("invalid_groups", f"groups is not valid JSON: {exc}") from None
+    if not isinstance(raw, list) or not raw:
+        raise _fail("invalid_groups", "groups must be a non-empty list of lists of image indexes")
+    groups: list[list[int]] = []
+    for position, group in enumerate(raw):
+        where = f"groups[{position}]"
+        if not isinstance(group, list) or not group:
+            raise _fail("invalid_groups", f"{where} must be a non-empty list of image indexes")
+        if len(group) > max_per_call:
+            raise _fail("invalid_groups", f"{where} has {len(group)} images; one call takes at most {max_per_call}")
+        for index in group:
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n_images:
+                raise _fail("invalid_groups", f"{where}: {index!r} is not an image index in [0, {n_images - 1}]")
+        if len(set(group)) != len(group):
+            raise _fail("invalid_groups", f"{where} names one image twice")
+        groups.append(list(group))
+    return groups
+
+
 # --- TaskRequest events ---------------------------------------------------------------
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
@@ -378,7 +411,11 @@ def _optional_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     reply_to = doc.get("reply_to")
     if reply_to is not None and not isinstance(reply_to, str):
         raise _fail("invalid_schema", "reply_to must be a string")
-    return {"edit_params": dict(params or {}), "submitted_at": float(submitted), "reply_to": reply_to or None}
+    groups = doc.get("groups")
+    if groups is not None and not isinstance(groups, list):
+        raise _fail("invalid_groups", "groups must be a list of lists of image indexes")
+    return {"edit_params": dict(params or {}), "submitted_at": float(submitted), "reply_to": reply_to or None,
+            "groups": groups}
 
 
 def validate_task_request(raw: bytes | str) -> TaskRequest:

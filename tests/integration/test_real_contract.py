@@ -4,6 +4,7 @@ all n outputs kept, account errors, cost.  Real broker, real worker, real SDK â†
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -193,3 +194,46 @@ async def test_account_error_blocks_the_model_then_work_resumes_by_itself(
     _, stats = await get_json(f"{worker.url}/api/v1/stats")
     assert stats["upstream"]["blocked"] == []
     assert (await emulator_stats(fresh_emulator))["per_model"][model]["requests"] <= 3 + attempt
+
+
+# --- (5) multi-image calls -----------------------------------------------------------------
+def group_form(files: list[tuple[str, bytes]], groups: Any, **params: Any) -> aiohttp.FormData:
+    form = edit_form(files, edit_type="enhance", params={"model": "qwen-image-edit-plus", **params})
+    form.add_field("groups", groups if isinstance(groups, str) else json.dumps(groups))
+    return form
+
+
+async def test_groups_are_one_call_each_and_the_order_is_part_of_the_key(
+    worker: Worker, fresh_emulator: Emulator
+) -> None:
+    seed = unique_seed()
+    files = [(f"{i}.png", picture(seed + i, size=(160 + 16 * i, 120))) for i in range(4)]
+    status, body = await submit(worker.url, group_form(files, [[0, 1], [2, 3]]))
+    assert status == 202 and body["total_images"] == 2, body
+    done = await wait_task(worker.url, body["task_id"])
+    assert done["status"] == "completed" and done["total_images"] == 2, done
+    assert [(r["index"], r["inputs"], r["filename"]) for r in done["results"]] == [
+        (0, [0, 1], "1.png"), (1, [2, 3], "3.png")]
+    assert (await emulator_stats(fresh_emulator))["per_model"]["qwen-image-edit-plus"]["requests"] == 2
+    # The output follows the last input of each group: the same edit of that image alone.
+    alone = await wait_task(worker.url, (await submit(worker.url, edit_form(
+        [files[1]], edit_type="enhance", params={"model": "qwen-image-edit-plus"})))[1]["task_id"])
+    grouped = await download(done["results"][0]["result_url"])
+    single = await download(alone["results"][0]["result_url"])
+    assert grouped.size == single.size == (176, 120)
+    assert list(grouped.convert("RGB").get_flattened_data()) == list(single.convert("RGB").get_flattened_data())
+    # The same group again hits; the swapped order is another call.
+    again = await wait_task(worker.url, (await submit(worker.url, group_form(files, [[0, 1]])))[1]["task_id"])
+    assert again["results"][0]["cache_status"] == "HIT", again
+    swapped = await wait_task(worker.url, (await submit(worker.url, group_form(files, [[1, 0]])))[1]["task_id"])
+    assert swapped["results"][0]["cache_status"] == "MISS" and swapped["results"][0]["inputs"] == [1, 0]
+    assert (await download(swapped["results"][0]["result_url"])).size == (160, 120)  # follows image 0
+
+
+@pytest.mark.parametrize(
+    "groups", ["[]", "[[]]", "[[0, 1, 2, 3]]", "[[0, 4]]", "[[0, 0]]", '"0,1"', "[[true]]", "[[0], 1]", "{nope"])
+async def test_bad_groups_are_refused_before_any_call(worker: Worker, fresh_emulator: Emulator, groups: str) -> None:
+    files = [(f"{i}.png", picture(200 + i)) for i in range(4)]
+    status, body = await submit(worker.url, group_form(files, groups))
+    assert status == 400 and body["error"]["code"] == "invalid_groups", body
+    assert (await emulator_stats(fresh_emulator))["total_requests"] == 0

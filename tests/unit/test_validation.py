@@ -320,3 +320,24 @@ def test_params_the_model_takes_pass() -> None:
     # qwen-image-2.0 bounds the total pixels, not each side: a 2048*1536 output is fine.
     assert _edit("enhance", {"model": "qwen-image-2.0", "size": "2048*1536"}).params["size"] == "2048*1536"
     assert _edit("enhance", {"n": 1}).params == {"n": 1}  # n=1 is what qwen-image-edit makes anyway
+
+
+# --- groups ---------------------------------------------------------------------------------
+def test_groups_keep_their_order_and_come_from_events_too() -> None:
+    from streams.image_edit.validation import validate_groups
+
+    assert validate_groups(None, 3, 3) is None
+    assert validate_groups("[[2, 0], [1]]", 3, 3) == [[2, 0], [1]]
+    task = validate_task_request(_event(groups=[[0]]))
+    assert task.groups == [[0]]
+    with pytest.raises(InvalidRequest) as err:
+        validate_task_request(_event(groups="[[0]]"))
+    assert err.value.code == "invalid_groups"
+
+
+@pytest.mark.parametrize("groups", [[], [[]], [[0, 1]], [[0, 3]], [[-1]], [[1, 1]], [[0.0]], [0]])
+def test_bad_groups(groups: Any) -> None:
+    from streams.image_edit.validation import validate_groups
+
+    # [[0, 1]] on a model that takes one image per call
+    assert _code(validate_groups, groups, 3, 1) == "invalid_groups"
