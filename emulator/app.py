@@ -635,12 +635,12 @@ async def _generate(
     service_started = time.monotonic()
     if decision.latency > 0:
         state.stats.latencies.append(decision.latency)
-    if decision.fault in (Fault.DROP, Fault.INTERNAL_ERROR):
+    if decision.fault in (Fault.DROP, Fault.INTERNAL_ERROR, Fault.REQUEST_TIMEOUT, Fault.UNAVAILABLE):
         await asyncio.sleep(decision.latency)
     if decision.fault is Fault.DROP:
         _drop(request)
-    if decision.fault is Fault.INTERNAL_ERROR:
-        spec = ERRORS[Fault.INTERNAL_ERROR]
+    if decision.fault in (Fault.INTERNAL_ERROR, Fault.REQUEST_TIMEOUT, Fault.UNAVAILABLE):
+        spec = ERRORS[decision.fault]
         raise _ApiError(spec.status, spec.code, spec.message)
 
     sources = [await _load_image(state, image) for image in parsed.images]

@@ -86,6 +86,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     parser.add_argument("--rate-500", type=float, default=default("RATE_500", "0"))
     parser.add_argument("--rate-inspection", type=float, default=default("RATE_INSPECTION", "0"))
     parser.add_argument("--rate-drop", type=float, default=default("RATE_DROP", "0"))
+    parser.add_argument("--rate-408", type=float, default=default("RATE_408", "0"))
+    parser.add_argument("--rate-503", type=float, default=default("RATE_503", "0"))
     parser.add_argument("--seed", type=int, default=default("SEED", None))
     parser.add_argument(
         "--api-key",
@@ -118,6 +120,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         rate_500=args.rate_500,
         rate_inspection=args.rate_inspection,
         rate_drop=args.rate_drop,
+        rate_408=args.rate_408,
+        rate_503=args.rate_503,
         weights_429=weights,  # type: ignore[arg-type]
     )
     keys = tuple(key.strip() for key in str(args.api_key).split(",") if key.strip())

@@ -156,6 +156,9 @@ def translate(
         return UpstreamRejected(
             shown or "upstream refused the API key", code=upstream_code or fallback, **context
         )
+    if status_code == HTTPStatus.REQUEST_TIMEOUT:
+        # About timing, not the request: worth another try.
+        return UpstreamUnavailable(shown or "upstream timed out (HTTP 408)", code="timeout", **context)
     if status_code is not None and 400 <= status_code < 500:
         return UpstreamRejected(
             shown or f"upstream rejected the request (HTTP {status_code})",

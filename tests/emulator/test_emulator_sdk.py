@@ -502,3 +502,14 @@ async def test_long_negative_prompt_is_truncated_and_model_rules_refused(emulato
         for params in ({"size": "1024*1024"}, {"prompt_extend": True}, {"n": 2}):
             with pytest.raises(UpstreamRejected):
                 await ed.edit(image=source, mime="image/png", prompt="invert", params=params)
+
+
+@pytest.mark.parametrize(("fault", "status"), [("rate_408", 408), ("rate_503", 503)])
+async def test_408_and_503_are_retriable_unavailability(
+    editor: DashScopeEditor, emulator: str, http: aiohttp.ClientSession, fault: str, status: int
+) -> None:
+    await configure(http, emulator, **{fault: 1.0})
+    with pytest.raises(UpstreamUnavailable) as info:
+        await edit(editor, "enhance")
+    assert info.value.http_status == status and info.value.retriable
+    assert (await stats(http, emulator))["by_status"] == {str(status): 1}
