@@ -3,10 +3,12 @@ all n outputs kept, account errors, cost.  Real broker, real worker, real SDK â†
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -148,7 +150,7 @@ def probing_worker(kafka_bootstrap: str, emulator: Emulator, tmp_path_factory: p
 
 
 async def test_account_error_blocks_the_model_then_work_resumes_by_itself(
-    probing_worker: Worker, kafka_bootstrap: str, fresh_emulator: Emulator
+    probing_worker: Worker, kafka_bootstrap: str, fresh_emulator: Emulator, tmp_path: Path
 ) -> None:
     worker = probing_worker
     model = "qwen-image-edit-plus"
@@ -177,6 +179,20 @@ async def test_account_error_blocks_the_model_then_work_resumes_by_itself(
         # Another model of the same account is not blocked.
         status, body = await submit(worker.url, edit_form([("other.png", picture(seed + 50))]))
         assert (await wait_task(worker.url, body["task_id"]))["status"] == "completed"
+        # A worker that joins later learns the block from the topic, without a request.
+        calls = (await emulator_stats(fresh_emulator))["total_requests"]
+        other = await asyncio.to_thread(
+            start_worker, "probing-worker-2", kafka_bootstrap=kafka_bootstrap, emulator=fresh_emulator,
+            data_dir=tmp_path, app_id=worker.app_id, extra_env={"IMAGESTREAM_UPSTREAM_PROBE_INTERVAL": "2"})
+        try:
+            async def learnt() -> bool:
+                _, doc = await get_json(f"{other.url}/api/v1/stats")
+                return [(b["model"], b["code"]) for b in doc["upstream"]["blocked"]] == [(model, "account_in_arrears")]
+
+            await wait_for(learnt, timeout=30, what="the second worker to learn the block")
+            assert (await emulator_stats(fresh_emulator))["total_requests"] == calls
+        finally:
+            other.proc.stop()
     finally:
         await emulator_config(fresh_emulator, account_error=None)
     # The bill is paid: a probe (one job, at most every 2 s here) finds out, and the
