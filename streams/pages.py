@@ -109,7 +109,7 @@ code, .mono { font-family:ui-monospace,"DejaVu Sans Mono",monospace; font-size:1
 .image-card .name { font-weight:600; overflow:hidden; text-overflow:ellipsis; white-space:nowrap; flex:1; min-width:0; }
 .pair { display:grid; grid-template-columns:1fr 24px 1fr; align-items:center; gap:6px; }
 .pair .arrow { text-align:center; color:var(--muted); font-size:18px; }
-.outputs { display:grid; grid-template-columns:repeat(auto-fill, minmax(72px, 1fr)); gap:6px; margin-top:6px; }
+.outputs { display:grid; grid-template-columns:repeat(auto-fill, minmax(96px, 1fr)); gap:6px; margin-top:6px; }
 .outputs figure { margin:0; } .outputs .thumb { min-height:60px; }
 figure { margin:0; }
 figure figcaption { font-size:11px; color:var(--muted); text-transform:uppercase; letter-spacing:.05em; margin-bottom:3px; }
