@@ -1,6 +1,6 @@
 """The DashScope boundary: the one place the ``dashscope`` SDK is called.
 
-:class:`DashScopeEditor` sends one image + prompt to qwen-image-edit through
+:class:`DashScopeEditor` sends 1-3 images + prompt to a Qwen image-edit model through
 ``dashscope.AioMultiModalConversation.call`` and returns an :class:`EditOutcome`, or
 raises a :mod:`streams.errors` class. Everything the SDK or its transport can report is
 translated here and nowhere else:
@@ -279,7 +279,7 @@ def _data_uri(image: bytes, mime: str) -> str:
 
 
 class DashScopeEditor:
-    """qwen-image-edit through the dashscope SDK, one image per call.
+    """The Qwen image-edit models through the dashscope SDK, 1-3 images per call.
 
     ``base_url`` (e.g. ``http://127.0.0.1:8089/api/v1`` for the emulator) is passed per
     call; without it the SDK's own ``dashscope.base_http_api_url`` applies. ``timeout``
