@@ -284,7 +284,10 @@ def main() -> int:
     parser.add_argument("--salt", type=int, default=int(time.time()) % 100000)
     args = parser.parse_args()
     bootstrap = os.environ.get("IMAGESTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    # Unlimited: no cluster-wide account-budget scheduler yet, and this bench measures
+    # throughput, not the account limits.
     emulator = start_emulator("--latency", f"lognormal:{args.median},{args.sigma}", "--seed", str(args.seed),
+                              "--unlimited", "--output-size", "input",
                               name="bench-emulator")
     app_id = f"bench-{uuid.uuid4().hex[:8]}"
     worker = None

@@ -373,7 +373,10 @@ def main() -> int:
     print(f"# {args.images} images as tasks of {task_sizes(args.images)}, emulator latency lognormal median "
           f"{args.median}s sigma {args.sigma} seed {args.seed}, window {args.window} per partition, "
           f"broker {bootstrap}, {os.cpu_count()} CPUs", flush=True)
+    # Unlimited: no cluster-wide account-budget scheduler yet, and this bench measures
+    # throughput, not the account limits.
     emulator = start_emulator("--latency", f"lognormal:{args.median},{args.sigma}", "--seed", str(args.seed),
+                              "--unlimited", "--output-size", "input",
                               "--log-level", "WARNING", name="bench-scaling-emulator")
     started = time.monotonic()
     outcomes: list[Outcome] = []

@@ -231,7 +231,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     bootstrap = os.environ.get("IMAGESTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
-    emulator = start_emulator("--latency", args.latency, name="bench-soak-emulator")
+    # Unlimited: no cluster-wide account-budget scheduler yet, and this bench is not about limits.
+    emulator = start_emulator("--latency", args.latency, "--unlimited", "--output-size", "input",
+                              name="bench-soak-emulator")
     worker: Worker | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="imagestream-soak-") as tmp:

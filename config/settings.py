@@ -135,12 +135,22 @@ class Settings:
 
     # --- Image edit ----------------------------------------------------------------
     model: str = DEFAULT_MODEL
+    #: Model Studio region (``cn-beijing``, ``ap-southeast-1``): the endpoint the SDK
+    #: calls (unless DASHSCOPE_HTTP_BASE_URL says otherwise), the price column and the
+    #: limits of config/models.toml.  Keys of one region do not work in another.
+    region: str = "cn-beijing"
+    #: The SDK's DASHSCOPE_WORKSPACE_ID: with it, a non-Beijing region uses the SDK's
+    #: own workspace endpoint (``{workspace}.{region}.maas.aliyuncs.com``).
+    dashscope_workspace_id: str | None = None
     upstream_concurrency: int = 3
     upstream_rps: float | None = None
     upstream_timeout: float = 120.0
     upstream_max_attempts: int = 5
     upstream_backoff_base: float = 0.5
     upstream_backoff_max: float = 20.0
+    #: Seconds between probe calls of a model blocked after an account-state error
+    #: (arrears, not purchased, free quota used up); at most 30.
+    upstream_probe_interval: float = 30.0
     max_images_per_task: int = 50
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -263,6 +273,8 @@ class Settings:
             values["dashscope_api_key"] = env["DASHSCOPE_API_KEY"]
         if env.get("DASHSCOPE_HTTP_BASE_URL"):
             values["dashscope_base_url"] = env["DASHSCOPE_HTTP_BASE_URL"]
+        if env.get("DASHSCOPE_WORKSPACE_ID"):
+            values["dashscope_workspace_id"] = env["DASHSCOPE_WORKSPACE_ID"]
 
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
@@ -276,6 +288,15 @@ class Settings:
             raise SettingsError("IMAGESTREAM_TOPIC_PARTITIONS must be >= 1")
         if self.upstream_rps is not None and self.upstream_rps <= 0:
             raise SettingsError("IMAGESTREAM_UPSTREAM_RPS must be > 0 when set")
+        from config.catalogue import load_catalogue  # beside this module, no dependencies
+
+        catalogue = load_catalogue()
+        if self.region not in catalogue.regions:
+            raise SettingsError(f"IMAGESTREAM_REGION={self.region!r}: expected one of {sorted(catalogue.regions)}")
+        if self.model not in catalogue.models:
+            raise SettingsError(f"IMAGESTREAM_MODEL={self.model!r} is not in config/models.toml")
+        if not 0 < self.upstream_probe_interval <= 30:
+            raise SettingsError("IMAGESTREAM_UPSTREAM_PROBE_INTERVAL must be in (0, 30] seconds")
         if self.max_images_per_task < 1:
             raise SettingsError("IMAGESTREAM_MAX_IMAGES_PER_TASK must be >= 1")
         if self.dimension_timeout <= 0:
@@ -311,6 +332,7 @@ _SPECIAL = frozenset(
         "fetch_allowlist",
         "dashscope_api_key",
         "dashscope_base_url",
+        "dashscope_workspace_id",
         "blob_presign",
     }
 )

@@ -49,8 +49,10 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from config.catalogue import ModelSpec, load_catalogue
 from emulator import edits
 from emulator.faults import (
+    ACCOUNT_ERRORS,
     ERRORS,
     AccountRateLimiter,
     Decision,
@@ -75,14 +77,13 @@ log = logging.getLogger("imagestream.emulator")
 DEFAULT_API_KEY = "sk-emulator"
 GENERATION_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
 
-#: Model name → largest ``n`` (number of output images) it accepts.
-DEFAULT_MODELS: Mapping[str, int] = {
-    "qwen-image-edit": 1,
-    "qwen-image-edit-plus": 6,
-    "qwen-image-edit-plus-2025-10-30": 6,
-    "qwen-image-edit-plus-2025-12-15": 6,
-    "qwen-image-edit-max": 6,
-}
+#: The models the emulator serves, as ``config/models.toml`` describes them (what each
+#: takes, and its account rate limit).
+DEFAULT_MODELS: Mapping[str, ModelSpec] = load_catalogue().models
+
+#: Output pixels when a call gives no ``size``: "the aspect ratio of the (last) input
+#: image, with a resolution close to 1024*1024" (the API reference).
+DEFAULT_OUTPUT_PIXELS = 1024 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,9 +96,18 @@ class EmulatorConfig:
     seed: int | None = None
     #: Seconds a result URL stays valid; 0 or negative gives URLs that are already expired.
     result_ttl: float = 24 * 3600.0
-    #: Emulated account limit (requests/second over all keys); None: unlimited.
+    #: Per-model account limits of the catalogue (requests per second or minute, summed
+    #: over all keys, as the real service counts them).  On by default, like the real
+    #: service; tests and benchmarks that are not about limits turn them off.
+    account_limits: bool = True
+    #: One limit for every model (requests/second over all keys) instead; None: the
+    #: catalogue's (or none, with ``account_limits`` off).
     account_rps: float | None = None
-    models: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MODELS))
+    models: Mapping[str, ModelSpec] = field(default_factory=lambda: dict(DEFAULT_MODELS))
+    #: "1mp": outputs of about 1024*1024 pixels keeping the last input's aspect (what the
+    #: real service returns); "input": the last input's own size (pixel-exact checks,
+    #: cheap benchmarks).
+    output_size: str = "1mp"
     max_prompt_chars: int = 800
     max_negative_prompt_chars: int = 500
     max_images: int = 3
@@ -122,6 +132,8 @@ class EmulatorConfig:
             raise ValueError("at least one non-empty API key is required")
         if self.account_rps is not None and self.account_rps <= 0:
             raise ValueError("account_rps must be > 0 when set")
+        if self.output_size not in ("1mp", "input"):
+            raise ValueError("output_size must be '1mp' or 'input'")
 
 
 # --------------------------------------------------------------------------- stats
@@ -295,9 +307,14 @@ class EmulatorState:
     rng: random.Random
     limiter: AccountRateLimiter | None
     secret: bytes
+    account_limits: bool = True
+    #: The catalogue limit of each model, created at its first call.
+    model_limiters: dict[str, AccountRateLimiter] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
     results: ResultStore = field(init=False)
     http: aiohttp.ClientSession | None = None
+    #: Model (or "*": every model) → an ACCOUNT_ERRORS name, switched at run time.
+    account_errors: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.results = ResultStore(
@@ -308,7 +325,9 @@ class EmulatorState:
         return {
             **self.faults.to_json(),
             "account_rps": self.limiter.rps if self.limiter else None,
+            "account_limits": self.account_limits,
             "result_ttl": self.result_ttl,
+            "account_error": dict(self.account_errors),
         }
 
 
@@ -417,14 +436,13 @@ def _parse_call(body: Any, config: EmulatorConfig) -> _EditRequest:
             raise _invalid(f"Unsupported content type '{kind}': only image and text are accepted.")
     if len(texts) != 1 or not isinstance(texts[0], str) or not texts[0].strip():
         raise _invalid("Exactly one non-empty text item is required in content.")
-    prompt = texts[0]
-    if len(prompt) > config.max_prompt_chars:
-        raise _invalid(
-            f"Range of input length should be [1, {config.max_prompt_chars}]: the prompt has "
-            f"{len(prompt)} characters."
-        )
-    if not 1 <= len(images) <= config.max_images:
-        raise _invalid(f"The number of input images must be between 1 and {config.max_images}.")
+    spec = config.models[model]
+    # The reference: prompt (800) and negative_prompt (500) beyond the limit "is
+    # truncated automatically", not refused.
+    prompt = texts[0][: spec.prompt_chars]
+    max_images = min(config.max_images, spec.max_images)
+    if not 1 <= len(images) <= max_images:
+        raise _invalid(f"The number of input images must be between 1 and {max_images}.")
     if any(not isinstance(image, str) or not image for image in images):
         raise _invalid("Each image must be a non-empty string (URL or data URI).")
 
@@ -432,13 +450,8 @@ def _parse_call(body: Any, config: EmulatorConfig) -> _EditRequest:
     if not isinstance(params, dict):
         raise _invalid("Field 'parameters' must be an object.")
     negative = params.get("negative_prompt")
-    if negative is not None and (
-        not isinstance(negative, str) or len(negative) > config.max_negative_prompt_chars
-    ):
-        raise _invalid(
-            "negative_prompt must be a string of at most "
-            f"{config.max_negative_prompt_chars} characters."
-        )
+    if negative is not None and not isinstance(negative, str):
+        raise _invalid("negative_prompt must be a string.")
     seed = params.get("seed")
     if seed is not None and (
         isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2_147_483_647
@@ -447,18 +460,23 @@ def _parse_call(body: Any, config: EmulatorConfig) -> _EditRequest:
     for flag in ("watermark", "prompt_extend"):
         if flag in params and not isinstance(params[flag], bool):
             raise _invalid(f"{flag} must be a boolean.")
+    if "prompt_extend" in params and not spec.prompt_extend:
+        raise _invalid(f"The parameter prompt_extend is not supported by model {model}.")
     n = params.get("n", 1)
-    max_n = config.models[model]
+    max_n = spec.n_max
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_n:
         raise _invalid(f"n must be an integer within [1, {max_n}] for model {model}.")
     size = None
     if params.get("size") is not None:
+        if not spec.size:
+            raise _invalid(f"The parameter size is not supported by model {model}.")
         match = _SIZE.fullmatch(str(params["size"]).strip())
         if not match:
             raise _invalid("size must look like '1024*1024'.")
         size = (int(match[1]), int(match[2]))
-        if not all(512 <= side <= 2048 for side in size):
-            raise _invalid("Width and height in size must be within [512, 2048].")
+        problem = spec.size_problem(*size)
+        if problem:
+            raise _invalid(f"Invalid size: {problem}.")
     return _EditRequest(
         model=model,
         prompt=prompt,
@@ -571,6 +589,22 @@ async def generation(request: web.Request) -> web.StreamResponse:
         call.finish()
 
 
+def _allowed(state: EmulatorState, model: str) -> bool:
+    """The account's rate limit for ``model``: one limit for all when ``account_rps`` is
+    set, else the catalogue's per-model limit (unless limits are off)."""
+    now = time.monotonic()
+    if state.limiter is not None:
+        return state.limiter.allow(now)
+    if not state.account_limits:
+        return True
+    limiter = state.model_limiters.get(model)
+    if limiter is None:
+        spec = state.config.models[model]
+        limiter = AccountRateLimiter(spec.requests_per_second, burst=max(1.0, spec.rate), now=now)
+        state.model_limiters[model] = limiter
+    return limiter.allow(now)
+
+
 async def _generate(
     request: web.Request, state: EmulatorState, call: _Call, request_id: str
 ) -> web.Response:
@@ -585,7 +619,11 @@ async def _generate(
     parsed = _parse_call(body, config)
     call.model(parsed.model)
 
-    if state.limiter is not None and not state.limiter.allow(time.monotonic()):
+    account = state.account_errors.get(parsed.model) or state.account_errors.get("*")
+    if account is not None:
+        spec = ACCOUNT_ERRORS[account]
+        raise _ApiError(spec.status, spec.code, spec.message)
+    if not _allowed(state, parsed.model):
         spec = ERRORS[Fault.THROTTLE_RATE]
         raise _ApiError(spec.status, spec.code, spec.message)
     decision: Decision = decide(state.faults, state.rng)
@@ -597,12 +635,12 @@ async def _generate(
     service_started = time.monotonic()
     if decision.latency > 0:
         state.stats.latencies.append(decision.latency)
-    if decision.fault in (Fault.DROP, Fault.INTERNAL_ERROR):
+    if decision.fault in (Fault.DROP, Fault.INTERNAL_ERROR, Fault.REQUEST_TIMEOUT, Fault.UNAVAILABLE):
         await asyncio.sleep(decision.latency)
     if decision.fault is Fault.DROP:
         _drop(request)
-    if decision.fault is Fault.INTERNAL_ERROR:
-        spec = ERRORS[Fault.INTERNAL_ERROR]
+    if decision.fault in (Fault.INTERNAL_ERROR, Fault.REQUEST_TIMEOUT, Fault.UNAVAILABLE):
+        spec = ERRORS[decision.fault]
         raise _ApiError(spec.status, spec.code, spec.message)
 
     sources = [await _load_image(state, image) for image in parsed.images]
@@ -621,6 +659,8 @@ async def _generate(
                     max_pixels=config.max_pixels,
                     min_side=config.min_side,
                     max_side=config.max_side,
+                    output=index,
+                    default_pixels=DEFAULT_OUTPUT_PIXELS if config.output_size == "1mp" else None,
                 )
             )
     except edits.ImageTooBig as exc:
@@ -749,6 +789,13 @@ async def post_config(request: web.Request) -> web.Response:
         rps = changes.pop("account_rps", ...)
         ttl = changes.pop("result_ttl", ...)
         seed = changes.pop("seed", ...)
+        account = changes.pop("account_error", ...)
+        limits = changes.pop("account_limits", ...)
+        if limits is not ... and not isinstance(limits, bool):
+            raise FaultConfigError("account_limits must be true or false")
+        account_errors = state.account_errors
+        if account is not ...:
+            account_errors = _account_errors(account)
         faults = state.faults.updated(changes)
         limiter = state.limiter
         if rps is not ...:
@@ -763,11 +810,33 @@ async def post_config(request: web.Request) -> web.Response:
         )
     state.faults = faults
     state.limiter = limiter
+    state.account_errors = account_errors
+    if limits is not ...:
+        state.account_limits = limits
+        state.model_limiters.clear()
     if ttl is not ...:
         state.result_ttl = float(ttl)
     if seed is not ...:
         state.rng.seed(seed)
     return web.json_response(state.settings_json())
+
+
+def _account_errors(value: Any) -> dict[str, str]:
+    """``account_error``: null (none), a name (every model) or ``{model: name|null}``."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        value = {"*": value}
+    if not isinstance(value, dict):
+        raise FaultConfigError("account_error must be null, a name or {model: name}")
+    out = {}
+    for model, name in value.items():
+        if name is None:
+            continue
+        if name not in ACCOUNT_ERRORS:
+            raise FaultConfigError(f"account_error {name!r}: expected one of {sorted(ACCOUNT_ERRORS)}")
+        out[str(model)] = name
+    return out
 
 
 # --------------------------------------------------------------------------- app
@@ -816,6 +885,7 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
             else None
         ),
         secret=config.signing_secret or secrets.token_bytes(32),
+        account_limits=config.account_limits,
     )
     app.cleanup_ctx.append(_client_session)
     app.cleanup_ctx.append(_sweep_results)

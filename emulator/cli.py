@@ -86,6 +86,8 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     parser.add_argument("--rate-500", type=float, default=default("RATE_500", "0"))
     parser.add_argument("--rate-inspection", type=float, default=default("RATE_INSPECTION", "0"))
     parser.add_argument("--rate-drop", type=float, default=default("RATE_DROP", "0"))
+    parser.add_argument("--rate-408", type=float, default=default("RATE_408", "0"))
+    parser.add_argument("--rate-503", type=float, default=default("RATE_503", "0"))
     parser.add_argument("--seed", type=int, default=default("SEED", None))
     parser.add_argument(
         "--api-key",
@@ -93,7 +95,15 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="accepted API key(s), comma separated",
     )
     parser.add_argument("--result-ttl", type=float, default=default("RESULT_TTL", "86400"))
-    parser.add_argument("--account-rps", type=float, default=default("ACCOUNT_RPS", None))
+    parser.add_argument("--account-rps", type=float, default=default("ACCOUNT_RPS", None),
+                        help="one requests/second limit for every model instead of the catalogue's")
+    parser.add_argument("--unlimited", action="store_true",
+                        default=default("UNLIMITED", "") in ("1", "true", "yes", "on"),
+                        help="no account rate limits (on by default: the catalogue's per-model limits, "
+                             "summed over all keys, as the real service applies them)")
+    parser.add_argument("--output-size", choices=("1mp", "input"), default=default("OUTPUT_SIZE", "1mp"),
+                        help="1mp: ~1024*1024 keeping the last input's aspect (the real default); "
+                             "input: the last input's own size")
     parser.add_argument("--public-url", default=default("PUBLIC_URL", None))
     parser.add_argument("--log-level", default=default("LOG_LEVEL", "INFO"))
     return parser
@@ -110,6 +120,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         rate_500=args.rate_500,
         rate_inspection=args.rate_inspection,
         rate_drop=args.rate_drop,
+        rate_408=args.rate_408,
+        rate_503=args.rate_503,
         weights_429=weights,  # type: ignore[arg-type]
     )
     keys = tuple(key.strip() for key in str(args.api_key).split(",") if key.strip())
@@ -119,6 +131,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         seed=args.seed,
         result_ttl=args.result_ttl,
         account_rps=args.account_rps,
+        account_limits=not args.unlimited,
+        output_size=args.output_size,
         public_url=args.public_url,
     )
 

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 __all__ = [
     "EDIT_KEYWORDS",
@@ -142,6 +142,13 @@ def _watermark(image: Image.Image) -> None:
     draw.text((width - box_w + 2, height - box_h + 1), "AI", fill=(0, 0, 0))
 
 
+def default_size(source: tuple[int, int], pixels: int) -> tuple[int, int]:
+    """About ``pixels`` pixels with ``source``'s aspect, sides multiples of 16."""
+    width, height = source
+    scale = (pixels / (width * height)) ** 0.5
+    return (max(16, round(width * scale / 16) * 16), max(16, round(height * scale / 16) * 16))
+
+
 def edit_image_bytes(
     images: Sequence[bytes],
     prompt: str,
@@ -152,8 +159,17 @@ def edit_image_bytes(
     max_pixels: int = 40_000_000,
     min_side: int = 1,
     max_side: int = 16384,
+    output: int = 0,
+    default_pixels: int | None = None,
 ) -> EditedImage:
-    """Decode, edit, encode. The first image is edited; others are decoded (validated).
+    """Decode, edit, encode.  The *last* image is edited (the output follows the last
+    input, as the service's does); the others are decoded (validated).  Without
+    ``size``, ``default_pixels`` (when given) sets the output's area, keeping the last
+    input's aspect, sides rounded to multiples of 16.
+
+    ``output`` is the output's place among the call's ``n``: the real service returns
+    ``n`` different pictures, so each output carries its number in a PNG text chunk
+    (its pixels may still coincide, e.g. for an edit the seed does not change).
 
     Raises :class:`ImageDecodeError` or :class:`ImageTooBig` for bad input.
     """
@@ -162,11 +178,15 @@ def edit_image_bytes(
         for data in images
     ]
     edit = choose_edit(prompt)
-    out = apply_edit(decoded[0], edit, seed=seed)
+    out = apply_edit(decoded[-1], edit, seed=seed)
+    if size is None and default_pixels:
+        size = default_size(out.size, default_pixels)
     if size is not None and size != out.size:
         out = out.resize(size, Image.Resampling.LANCZOS)
     if watermark:
         _watermark(out)
     buffer = io.BytesIO()
-    out.save(buffer, format="PNG", optimize=False)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("emulator-output", str(output))
+    out.save(buffer, format="PNG", optimize=False, pnginfo=info)
     return EditedImage(png=buffer.getvalue(), width=out.width, height=out.height, edit=edit)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
+    "ACCOUNT_ERRORS",
     "ERRORS",
     "AccountRateLimiter",
     "Decision",
@@ -50,6 +51,8 @@ class Fault(enum.Enum):
     QUOTA_EXCEEDED = "quota_exceeded"  # 429 "Allocated quota exceeded..."
     INTERNAL_ERROR = "internal_error"  # 500 InternalError
     INSPECTION_FAILED = "inspection_failed"  # 400 DataInspectionFailed
+    REQUEST_TIMEOUT = "request_timeout"  # 408 RequestTimeOut
+    UNAVAILABLE = "unavailable"  # 503 ServiceUnavailable
     DROP = "drop"  # close the connection without a response
 
 
@@ -88,6 +91,22 @@ ERRORS: Mapping[Fault, ErrorSpec] = {
     Fault.INSPECTION_FAILED: ErrorSpec(
         400, "DataInspectionFailed", "Input or output data may contain inappropriate content."
     ),
+    Fault.REQUEST_TIMEOUT: ErrorSpec(408, "RequestTimeOut", "Request timed out, please try again later."),
+    Fault.UNAVAILABLE: ErrorSpec(
+        503, "ServiceUnavailable", "The service is temporarily unavailable, please try again later."
+    ),
+}
+
+#: Account states the emulator can be switched into at run time (``account_error`` in
+#: ``POST /_emulator/config``): every call to the affected models gets this answer.
+ACCOUNT_ERRORS: Mapping[str, ErrorSpec] = {
+    "arrears": ErrorSpec(400, "Arrearage", "Access denied, please make sure your account is in good standing."),
+    "bill_overdue": ErrorSpec(400, "PrepaidBillOverdue", "The prepaid bill is overdue."),
+    "not_purchased": ErrorSpec(
+        403, "AccessDenied.Unpurchased",
+        "Access to model denied. Please make sure you are eligible for using the model."),
+    "model_access_denied": ErrorSpec(403, "Model.AccessDenied", "Model access denied."),
+    "free_quota": ErrorSpec(429, "Throttling.AllocationQuota", "Free allocated quota exceeded."),
 }
 
 _THROTTLES = (Fault.THROTTLE_RATE, Fault.THROTTLE_BURST, Fault.QUOTA_EXCEEDED)
@@ -165,6 +184,8 @@ class FaultConfig:
     rate_500: float = 0.0
     rate_inspection: float = 0.0
     rate_drop: float = 0.0
+    rate_408: float = 0.0
+    rate_503: float = 0.0
     #: Relative weights of the 429 messages: (rate limit, burst, quota exhausted).
     weights_429: tuple[float, float, float] = (0.85, 0.1, 0.05)
 
@@ -174,6 +195,8 @@ class FaultConfig:
             "rate_500": self.rate_500,
             "rate_inspection": self.rate_inspection,
             "rate_drop": self.rate_drop,
+            "rate_408": self.rate_408,
+            "rate_503": self.rate_503,
         }
         for name, value in rates.items():
             if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
@@ -203,7 +226,7 @@ class FaultConfig:
                 values["latency"] = _latency_from_json(value)
             elif key == "weights_429":
                 values["weights_429"] = _weights_from_json(value)
-            elif key in ("rate_429", "rate_500", "rate_inspection", "rate_drop"):
+            elif key in ("rate_429", "rate_500", "rate_inspection", "rate_drop", "rate_408", "rate_503"):
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise FaultConfigError(f"{key} must be a number, got {value!r}")
                 values[key] = float(value)
@@ -219,6 +242,8 @@ class FaultConfig:
             "rate_500": self.rate_500,
             "rate_inspection": self.rate_inspection,
             "rate_drop": self.rate_drop,
+            "rate_408": self.rate_408,
+            "rate_503": self.rate_503,
             "weights_429": {"rate": rate, "burst": burst, "quota": quota},
         }
 
@@ -283,8 +308,12 @@ def decide(config: FaultConfig, rng: random.Random) -> Decision:
         fault = rng.choices(_THROTTLES, weights=config.weights_429)[0]
     elif u < (edge := edge + config.rate_500):
         fault = Fault.INTERNAL_ERROR
-    elif u < edge + config.rate_inspection:
+    elif u < (edge := edge + config.rate_inspection):
         fault = Fault.INSPECTION_FAILED
+    elif u < (edge := edge + config.rate_408):
+        fault = Fault.REQUEST_TIMEOUT
+    elif u < edge + config.rate_503:
+        fault = Fault.UNAVAILABLE
     if fault in _THROTTLES:
         return Decision(fault, 0.0)
     return Decision(fault, config.latency.sample(rng))

@@ -228,8 +228,13 @@ class ImageEditClient(_BaseClient):
         *,
         via: Literal["http", "kafka"] = "http",
         task_id: str | None = None,
+        groups: Sequence[Sequence[int]] | None = None,
     ) -> TaskHandle:
         """Submit a task: 1..N images and one edit; returns at acceptance.
+
+        ``groups``: multi-image calls, lists of 0-based image indexes (1-3 each, order
+        significant); each group is one call and one result.  ``params`` may name the
+        model (``{"model": "qwen-image-edit-plus", "n": 3}``).
 
         ``images``: paths, bytes, ``(filename, bytes)`` pairs or ``http(s)`` URLs.
         ``prompt``: optional (the edit type's template is used without one);
@@ -254,12 +259,13 @@ class ImageEditClient(_BaseClient):
         if via == "http":
             if task_id is not None:
                 raise InvalidInput("task_id can only be chosen with via='kafka'", code="invalid_task_id")
-            return await self._submit_http(edit_type, merged, sources)
-        return await self._submit_kafka(task_id or new_task_id(), edit_type, merged, sources)
+            return await self._submit_http(edit_type, merged, sources, groups)
+        return await self._submit_kafka(task_id or new_task_id(), edit_type, merged, sources, groups)
 
-    async def _submit_http(self, edit_type: str, params: dict[str, Any], sources: list[ImageSource]) -> TaskHandle:
+    async def _submit_http(self, edit_type: str, params: dict[str, Any], sources: list[ImageSource],
+                           groups: Sequence[Sequence[int]] | None = None) -> TaskHandle:
         sources = [await self._fetch_source(s) if s.data is None else s for s in sources]
-        form = build_form(edit_type=edit_type, sources=sources, params=params)
+        form = build_form(edit_type=edit_type, sources=sources, params=params, groups=groups)
         doc = await self._http.json("POST", "/api/v1/image-edit/submit", data=form)
         handle = TaskHandle(task_id=str(doc["task_id"]), total_images=int(doc.get("total_images", len(sources))),
                             status=str(doc.get("status", "pending")), via="http", submitted_at=time.time(),
@@ -278,14 +284,15 @@ class ImageEditClient(_BaseClient):
         return ImageSource(filename=source.filename, data=body)
 
     async def _submit_kafka(self, task_id: str, edit_type: str, params: dict[str, Any],
-                            sources: list[ImageSource]) -> TaskHandle:
+                            sources: list[ImageSource], groups: Sequence[Sequence[int]] | None = None) -> TaskHandle:
         self._require_kafka()
         sources = [await self._uploaded(source) for source in sources]
         request = build_task_request(task_id=task_id, edit_type=edit_type, sources=sources, params=params,
-                                     inline_limit=self.config.inline_image_bytes)
+                                     inline_limit=self.config.inline_image_bytes, groups=groups)
         await self._kafka.send(self.config.topic("image-edit-requests"), task_id, request)
         self._submitted[task_id] = time.monotonic()
-        return TaskHandle(task_id=task_id, total_images=len(sources), status="pending", via="kafka",
+        return TaskHandle(task_id=task_id, total_images=len(groups) if groups else len(sources), status="pending",
+                          via="kafka",
                           submitted_at=request["submitted_at"], _client=self)
 
     async def _uploaded(self, source: ImageSource) -> ImageSource:

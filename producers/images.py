@@ -189,20 +189,25 @@ def build_task_request(
     params: Mapping[str, Any],
     inline_limit: int,
     submitted_at: float | None = None,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """The TaskRequest JSON object for ``image-edit-requests`` (key: ``task_id``)."""
     if not sources:
         raise InvalidInput("a task needs at least one image", code="no_images")
-    return {
+    request = {
         "task_id": task_id,
         "edit_type": edit_type,
         "edit_params": dict(params),
         "images": [kafka_image_ref(s, inline_limit=inline_limit) for s in sources],
         "submitted_at": time.time() if submitted_at is None else submitted_at,
     }
+    if groups is not None:
+        request["groups"] = [list(group) for group in groups]
+    return request
 
 
-def build_form(*, edit_type: str, sources: Sequence[ImageSource], params: Mapping[str, Any]) -> aiohttp.FormData:
+def build_form(*, edit_type: str, sources: Sequence[ImageSource], params: Mapping[str, Any],
+               groups: Sequence[Sequence[int]] | None = None) -> aiohttp.FormData:
     """The multipart body of ``POST /api/v1/image-edit/submit``: one ``images`` part
     per image, ``edit_type``, and ``edit_params`` as a JSON string (omitted when empty).
 
@@ -217,4 +222,6 @@ def build_form(*, edit_type: str, sources: Sequence[ImageSource], params: Mappin
     form.add_field("edit_type", edit_type)
     if params:
         form.add_field("edit_params", json.dumps(dict(params), ensure_ascii=False))
+    if groups is not None:
+        form.add_field("groups", json.dumps([list(group) for group in groups]))
     return form

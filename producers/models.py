@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TERMINAL_STATES",
+    "Cost",
     "DimensionResult",
     "ErrorInfo",
     "ImageResult",
@@ -65,6 +66,23 @@ class ErrorInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Cost:
+    """What an image or a task cost upstream and what the cache saved."""
+
+    currency: str
+    spent: float = 0.0
+    saved: float = 0.0
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Cost:
+        return cls(currency=str(doc.get("currency", "")), spent=float(doc.get("spent") or 0.0),
+                   saved=float(doc.get("saved") or 0.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"currency": self.currency, "spent": self.spent, "saved": self.saved}
+
+
+@dataclass(frozen=True, slots=True)
 class ImageResult:
     """The outcome for one image of a task (topic ``image-edit-results``)."""
 
@@ -80,6 +98,13 @@ class ImageResult:
     cache_status: str | None = None  # HIT | MISS | COALESCED
     upstream_request_id: str | None = None
     result_blob: str | None = None
+    #: Every output of the call (``edit_params.n`` of them), our own blob URLs in
+    #: upstream order; ``result_url`` is the first.
+    result_urls: tuple[str, ...] = ()
+    #: The task's image indexes this result was made from (its group, in order).
+    inputs: tuple[int, ...] = ()
+    model: str | None = None
+    cost: Cost | None = None
 
     @property
     def ok(self) -> bool:
@@ -93,11 +118,17 @@ class ImageResult:
         values["error"] = _error(values.get("error"))
         values.setdefault("filename", f"image-{values['index']}")
         values.setdefault("status", "failed")
+        values["result_urls"] = tuple(values.get("result_urls") or ())
+        values["inputs"] = tuple(int(i) for i in values.get("inputs") or ())
+        values["cost"] = Cost.from_dict(values["cost"]) if isinstance(values.get("cost"), Mapping) else None
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["error"] = self.error.to_dict() if self.error else None
+        out["result_urls"] = list(self.result_urls)
+        out["inputs"] = list(self.inputs)
+        out["cost"] = self.cost.to_dict() if self.cost else None
         return out
 
 
@@ -116,6 +147,8 @@ class TaskStatus:
     created_at: float = 0.0
     updated_at: float = 0.0
     error: ErrorInfo | None = None
+    #: ``{currency, spent, saved}`` of the whole task (catalogue prices).
+    cost: Cost | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -139,6 +172,7 @@ class TaskStatus:
             r if isinstance(r, ImageResult) else ImageResult.from_dict(r) for r in values.get("results") or ()
         )
         values["error"] = _error(values.get("error"))
+        values["cost"] = Cost.from_dict(values["cost"]) if isinstance(values.get("cost"), Mapping) else None
         values.setdefault("status", "pending")
         values.setdefault("total_images", 0)
         return cls(**values)
@@ -147,6 +181,7 @@ class TaskStatus:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["results"] = [r.to_dict() for r in self.results]
         out["error"] = self.error.to_dict() if self.error else None
+        out["cost"] = self.cost.to_dict() if self.cost else None
         return out
 
 

@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 import os
 import threading
-from collections.abc import Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
@@ -119,9 +119,10 @@ class SyncImageEditClient(_SyncBase):
 
     def submit(self, images: ImageInput | Iterable[ImageInput], edit_type: str, prompt: str | None = None,
                params: Mapping[str, Any] | str | None = None, *, via: Literal["http", "kafka"] = "http",
-               task_id: str | None = None) -> TaskHandle:
+               task_id: str | None = None, groups: Sequence[Sequence[int]] | None = None) -> TaskHandle:
         """Submit a task; the handle is not bound (use this client's methods)."""
-        handle = self._loop.run(self._client.submit(images, edit_type, prompt, params, via=via, task_id=task_id))
+        handle = self._loop.run(self._client.submit(images, edit_type, prompt, params, via=via, task_id=task_id,
+                                                    groups=groups))
         return dataclasses.replace(handle, _client=None)
 
     def status(self, task_id: str) -> TaskStatus:

@@ -157,8 +157,10 @@ def main() -> int:
             port = free_port()
             env["DASHSCOPE_HTTP_BASE_URL"] = f"http://127.0.0.1:{port}/api/v1"
             env["DASHSCOPE_API_KEY"] = env.get("DASHSCOPE_API_KEY") or "sk-emulator"
+            # Unlimited: imagestream has no cluster-wide account-budget scheduler yet, so a
+            # worker against the emulator's default per-model limits (2 requests/s) meets 429s.
             spawn("emulator", ["emulator", "--port", str(port), "--latency", "lognormal:0.8,0.4",
-                               "--api-key", env["DASHSCOPE_API_KEY"]])
+                               "--unlimited", "--api-key", env["DASHSCOPE_API_KEY"]])
             wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/_emulator/stats", timeout=2),
                        30, "emulator")
             print(f"== DashScope emulator on http://127.0.0.1:{port} (lognormal latency, median 0.8 s)")

@@ -12,7 +12,10 @@ bodies, failed result events and dead letters), an HTTP ``status`` and a
     │   └── InvalidRequest          invalid_request
     ├── UpstreamError               upstream_error (retriable unless said otherwise)
     │   ├── UpstreamRateLimited     rate_limited (429, retriable)
-    │   ├── UpstreamQuotaExhausted  quota_exhausted (429, not retriable)
+    │   ├── UpstreamAccountError    the account cannot call the model (not retriable;
+    │   │   │                       the worker stops calling that model until a probe
+    │   │   │                       succeeds): account_in_arrears, model_not_purchased
+    │   │   └── UpstreamQuotaExhausted  quota_exhausted (the free quota is used up)
     │   ├── UpstreamRejected        4xx from DashScope, not retriable (code from upstream)
     │   └── UpstreamUnavailable     5xx / timeout / dropped connection, retriable
     └── FetchError                  dimension fetches, with a ``reason``
@@ -30,6 +33,7 @@ __all__ = [
     "InvalidImage",
     "InvalidRequest",
     "UnsupportedFormat",
+    "UpstreamAccountError",
     "UpstreamError",
     "UpstreamQuotaExhausted",
     "UpstreamRateLimited",
@@ -115,18 +119,32 @@ class UpstreamRateLimited(UpstreamError):
     status = 429
     retriable = True
 
-    def __init__(self, message: str, *, burst: bool = False, **kwargs: Any) -> None:
+    def __init__(self, message: str, *, burst: bool = False, retry_after: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         #: True for "Request rate increased too quickly": ramp down, not just wait.
         self.burst = burst
+        #: Seconds until a retry can succeed, when the upstream says (or documents) it.
+        self.retry_after = retry_after
 
 
-class UpstreamQuotaExhausted(UpstreamError):
-    """429 "Allocated quota exceeded": retrying will not help until the quota resets."""
+class UpstreamAccountError(UpstreamError):
+    """The account, not the request, is the problem (overdue bill, model not bought,
+    free quota used up): every call to that model fails the same way until someone
+    acts, so the worker stops calling it (see :mod:`streams.image_edit.blocks`)."""
+
+    code = "account_in_arrears"
+    status = 402
+    retriable = False
+
+
+class UpstreamQuotaExhausted(UpstreamAccountError):
+    """429 "Free allocated quota exceeded": the model's free quota is used up (and the
+    account may not pay for more).  Not the per-minute "Allocated quota exceeded",
+    which is a rate limit (:class:`UpstreamRateLimited` with ``retry_after``)."""
 
     code = "quota_exhausted"
     status = 429
-    retriable = False
 
 
 class UpstreamRejected(UpstreamError):

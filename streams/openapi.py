@@ -100,7 +100,22 @@ SCHEMAS: dict[str, Schema] = {
             "upstream_request_id": _nullable(_STR),
             "result_blob": {**_nullable(_STR), "description": "sha256 of the result in `/api/v1/blobs/{sha256}`"},
             "source_blob": {**_nullable(_STR), "description": "sha256 of the input image in the blob store"},
+            "result_urls": {"type": "array", "items": _STR,
+                            "description": "every output of the call (`edit_params.n`), upstream order; "
+                                           "`result_url` is the first"},
+            "inputs": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                       "description": "the task's image indexes this result was made from (its group)"},
+            "model": _nullable(_STR),
+            "cost": {"oneOf": [_ref("Cost"), {"type": "null"}]},
         },
+    },
+    "Cost": {
+        "type": "object",
+        "description": "spent: generated images × the model's catalogue price in IMAGESTREAM_REGION; "
+                       "saved: what cache hits and coalesced jobs would have cost (prices unconfirmed, "
+                       "see config/models.toml)",
+        "required": ["currency", "spent", "saved"],
+        "properties": {"currency": _STR, "spent": _NUM, "saved": _NUM},
     },
     "TaskStatus": {
         "type": "object",
@@ -119,6 +134,7 @@ SCHEMAS: dict[str, Schema] = {
             "updated_at": _NUM,
             "error": {"type": ["object", "null"], "required": ["code", "message"],
                       "properties": {"code": _STR, "message": _STR}},
+            "cost": {"oneOf": [_ref("Cost"), {"type": "null"}]},
         },
     },
     "BlobStored": {
@@ -230,7 +246,18 @@ SCHEMAS: dict[str, Schema] = {
                 "required": ["calls", "retries", "errors_by_code", "rate_limited_429", "in_flight"],
                 "properties": {"calls": _NUM, "retries": _NUM, "errors_by_code": _COUNTS,
                                "rate_limited_429": _NUM,
-                               "in_flight": {**_COUNTS, "description": "upstream calls in flight, by partition"}},
+                               "in_flight": {**_COUNTS, "description": "upstream calls in flight, by partition"},
+                               "blocked": {"type": "array", "description": "models not called after an "
+                                           "account-state error (one probe every ≤ 30 s)",
+                                           "items": {"type": "object", "properties": {
+                                               "model": _STR, "code": _STR, "message": _STR, "since": _NUM}}},
+                               "blocked_refusals": _NUM, "probes": _NUM},
+            },
+            "cost": {
+                "type": "object",
+                "properties": {"currency": _STR, "region": _STR, "spent": _NUM, "saved": _NUM,
+                               "by_model": {"type": "object", "additionalProperties": {
+                                   "type": "object", "properties": {"spent": _NUM, "saved": _NUM}}}},
             },
             "dimensions": {
                 "type": "object",
@@ -330,7 +357,11 @@ PATHS: dict[str, dict[str, Any]] = {
                                 "edit_type": {"type": "string", "description": "a preset of config/presets.toml",
                                               "examples": ["enhance", "remove_background", "custom"]},
                                 "edit_params": {"type": "string", "contentMediaType": "application/json",
-                                                "description": 'JSON object: {"prompt", "negative_prompt", "seed", …}'},
+                                                "description": 'JSON object: {"prompt", "model" (a name from config/models.toml; default IMAGESTREAM_MODEL), "negative_prompt", "seed", "n", "size", "prompt_extend", …}, each checked against what the model takes'},
+                                "groups": {"type": "string", "contentMediaType": "application/json",
+                                           "description": "JSON list of lists of 0-based image indexes (1-3 "
+                                                          "each, order significant): each group is one call "
+                                                          "and one result; absent: each image alone"},
                             },
                         }
                     }
@@ -339,7 +370,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "responses": {
                 "202": _json(_ref("SubmitAccepted"), "accepted; follow it at /api/v1/image-edit/task/{task_id}"),
                 "400": _error("the task is invalid", "no_images", "too_many_images", "invalid_image",
-                              "unsupported_format", "unknown_edit_type", "invalid_edit_params", "missing_prompt",
+                              "unsupported_format", "unknown_edit_type", "unknown_model", "invalid_edit_params", "invalid_groups", "missing_prompt",
                               "prompt_too_long", "invalid_multipart", "invalid_content_type"),
                 "401": _UNAUTHORIZED,
                 "413": _error("an image or the body is too large (also decompression bombs)", "image_too_large",

@@ -109,6 +109,8 @@ code, .mono { font-family:ui-monospace,"DejaVu Sans Mono",monospace; font-size:1
 .image-card .name { font-weight:600; overflow:hidden; text-overflow:ellipsis; white-space:nowrap; flex:1; min-width:0; }
 .pair { display:grid; grid-template-columns:1fr 24px 1fr; align-items:center; gap:6px; }
 .pair .arrow { text-align:center; color:var(--muted); font-size:18px; }
+.outputs { display:grid; grid-template-columns:repeat(auto-fill, minmax(96px, 1fr)); gap:6px; margin-top:6px; }
+.outputs figure { margin:0; } .outputs .thumb { min-height:60px; }
 figure { margin:0; }
 figure figcaption { font-size:11px; color:var(--muted); text-transform:uppercase; letter-spacing:.05em; margin-bottom:3px; }
 .thumb { width:100%; aspect-ratio:4/3; border-radius:6px; background:var(--greybg); display:flex;
@@ -216,6 +218,7 @@ _TASK_JS = r"""
     const original = thumb('original');
     const result = thumb('result');
     const meta = el('div', {class: 'meta'});
+    const outputs = el('div', {class: 'outputs', hidden: ''});
     const error = el('div', {class: 'error', hidden: ''});
     const node = el('article', {class: 'card image-card', 'data-index': index, 'data-status': 'waiting'},
       el('div', {class: 'head'}, name, el('span', {class: 'row'}, cache, status)),
@@ -223,8 +226,8 @@ _TASK_JS = r"""
         el('figure', {}, el('figcaption', {text: 'original'}), original),
         el('div', {class: 'arrow', text: '→'}),
         el('figure', {}, el('figcaption', {text: 'result'}), result)),
-      meta, error);
-    c = {node, name, status, cache, original, result, meta, error, sig: null};
+      outputs, meta, error);
+    c = {node, name, status, cache, original, result, outputs, meta, error, sig: null};
     cards.set(index, c);
     return c;
   }
@@ -243,7 +246,8 @@ _TASK_JS = r"""
 
   function renderImage(index, r) {
     const c = card(index);
-    const sig = r ? JSON.stringify([r.status, r.cache_status, r.result_blob, r.source_blob, r.error]) : 'waiting';
+    const sig = r ? JSON.stringify([r.status, r.cache_status, r.result_blob, r.source_blob, r.error,
+                                    r.result_urls]) : 'waiting';
     if (c.sig === sig) return;
     c.sig = sig;
     const st = r ? r.status : 'waiting';
@@ -268,7 +272,18 @@ _TASK_JS = r"""
     if (r && r.status === 'completed') {
       fillThumb(c.result, blobUrl(r.result_blob) || r.result_url, 'result ' + r.filename, '', false);
       c.result.classList.remove('failed');
+      // Every output of the call (edit_params.n) was paid for: show them all.
+      const urls = r.result_urls || [];
+      c.outputs.textContent = '';
+      c.outputs.hidden = urls.length < 2;
+      urls.forEach((u, k) => {
+        const box = thumb('result output');
+        box.dataset.output = k;
+        fillThumb(box, new URL(u, location.href).pathname, 'output ' + (k + 1) + ' of ' + r.filename, '', false);
+        c.outputs.append(el('figure', {}, el('figcaption', {text: 'output ' + (k + 1) + ' / ' + urls.length}), box));
+      });
     } else if (r && r.status === 'failed') {
+      c.outputs.hidden = true;
       fillThumb(c.result, null, '', 'failed', false);
       c.result.classList.add('failed');
     } else {

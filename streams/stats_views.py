@@ -51,10 +51,37 @@ metrics.gauge("consumer_lag", _consumer_positions)
 metrics.gauge("last_commit_age_seconds", _commit_ages)
 metrics.describe("consumer_lag", "end offset minus committed offset per assigned partition")
 metrics.describe("upstream_in_flight", "upstream calls in flight per partition")
+metrics.describe("upstream_blocked", "1 per model this worker will not call after an account-state error")
 
 
 def _rate(part: float, whole: float) -> float | None:
     return round(part / whole, 4) if whole else None
+
+
+def _blocked() -> list[dict[str, Any]]:
+    from streams.image_edit import agents  # the executor lives with the edit agent
+
+    return [{"model": b.model, "code": b.code, "message": b.message, "since": b.since}
+            for b in agents.blocks.all()]
+
+
+def _cost() -> dict[str, Any]:
+    """Spent upstream and saved by the cache, per model (catalogue prices, region's currency)."""
+    from config.catalogue import load_catalogue
+    from streams.app import settings
+
+    currency = load_catalogue().region(settings.region).currency
+    by_model: dict[str, dict[str, float]] = {}
+    for kind in ("spent", "saved"):
+        for model, value in metrics.by_label(f"cost_{kind}_total", "model").items():
+            by_model.setdefault(model, {"spent": 0.0, "saved": 0.0})[kind] = round(value, 6)
+    return {
+        "currency": currency,
+        "region": settings.region,
+        "spent": round(metrics.get("cost_spent_total"), 6),
+        "saved": round(metrics.get("cost_saved_total"), 6),
+        "by_model": dict(sorted(by_model.items())),
+    }
 
 
 def stats_document() -> dict[str, Any]:
@@ -98,7 +125,12 @@ def stats_document() -> dict[str, Any]:
             "errors_by_code": m.by_label("upstream_errors_total", "code"),
             "rate_limited_429": m.get("upstream_429_total"),
             "in_flight": {dict(labels)["partition"]: value for labels, value in m.read_gauge("upstream_in_flight")},
+            # Models not called after an account-state error (one probe every ≤ 30 s).
+            "blocked": _blocked(),
+            "blocked_refusals": m.get("upstream_blocked_refusals_total"),
+            "probes": m.get("upstream_probes_total"),
         },
+        "cost": _cost(),
         "dimensions": {
             "requests": m.get("dimension_requests_total"),
             "cache_hits": m.get("dimension_cache_hits_total"),

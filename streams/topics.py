@@ -47,6 +47,7 @@ __all__ = [
     "image_edit_results_topic",
     "image_edit_task_status_topic",
     "task_updates_topic",
+    "upstream_blocks_topic",
     "TopicSpec",
     "create_topics",
     "every_topic_spec",
@@ -89,6 +90,11 @@ dimension_fetch_topic = _topic("imagestream-dimension-fetches")
 #: Internal: fetched sizes, keyed by session|resource|scene for the dimensions table.
 dimension_updates_topic = _topic("imagestream-dimension-updates")
 
+#: Internal: per-model upstream blocks set and lifted after account-state errors
+#: (streams/image_edit/blocks.py), keyed by model.  One compacted partition that every
+#: worker reads whole (outside the consumer group), so all learn of a block at once.
+upstream_blocks_topic = _topic("imagestream-upstream-blocks", compacted=True, partitions=1)
+
 # Errors ------------------------------------------------------------------------------
 dead_letter_topic = _topic("imagestream-dead-letters")
 
@@ -107,6 +113,7 @@ ALL_TOPICS: tuple[faust.TopicT, ...] = (
     dimension_results_topic,
     dimension_fetch_topic,
     dimension_updates_topic,
+    upstream_blocks_topic,
     dead_letter_topic,
     blob_stores_topic,
 )

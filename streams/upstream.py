@@ -1,6 +1,6 @@
 """The DashScope boundary: the one place the ``dashscope`` SDK is called.
 
-:class:`DashScopeEditor` sends one image + prompt to qwen-image-edit through
+:class:`DashScopeEditor` sends 1-3 images + prompt to a Qwen image-edit model through
 ``dashscope.AioMultiModalConversation.call`` and returns an :class:`EditOutcome`, or
 raises a :mod:`streams.errors` class. Everything the SDK or its transport can report is
 translated here and nowhere else:
@@ -37,7 +37,7 @@ import base64
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -59,6 +59,7 @@ from dashscope.common.error import (
 )
 
 from streams.errors import (
+    UpstreamAccountError,
     UpstreamError,
     UpstreamQuotaExhausted,
     UpstreamRateLimited,
@@ -68,6 +69,7 @@ from streams.errors import (
 
 __all__ = [
     "PASSED_PARAMS",
+    "region_base_url",
     "DashScopeEditor",
     "EditOutcome",
     "translate",
@@ -99,13 +101,29 @@ class EditOutcome:
 
 # --------------------------------------------------------------------------- translation
 
+#: Upstream codes that say the account cannot pay (Model Studio's error-code page:
+#: 400 Arrearage "Access denied, please make sure your account is in good standing").
+ARREARS_CODES = frozenset({"Arrearage", "PrepaidBillOverdue", "PostpaidBillOverdue"})
+#: Upstream codes that say the account has not bought (activated) the model.
+NOT_PURCHASED_CODES = frozenset({"AccessDenied.Unpurchased", "Model.AccessDenied", "CommodityNotPurchased"})
+#: The rate-limit page: "Allocated quota exceeded" is a per-minute limit that
+#: "typically recovers automatically within one minute".
+ALLOCATED_QUOTA_RETRY_AFTER = 60.0
+
+
 
 def translate(
     status_code: int | None, code: str | None, message: str | None, request_id: str | None
 ) -> UpstreamError:
     """The :mod:`streams.errors` class for an upstream error answer.
 
-    * 429 "Allocated quota exceeded" → :class:`UpstreamQuotaExhausted` (stop retrying)
+    * Arrearage / *BillOverdue → :class:`UpstreamAccountError` ``account_in_arrears``
+    * AccessDenied.Unpurchased / Model.AccessDenied / CommodityNotPurchased →
+      :class:`UpstreamAccountError` ``model_not_purchased``
+    * 429 "Free allocated quota exceeded" → :class:`UpstreamQuotaExhausted` (the free
+      quota is used up: stop)
+    * 429 "Allocated quota exceeded" → :class:`UpstreamRateLimited` with
+      ``retry_after`` = the documented minute
     * 429 "Request rate increased too quickly" → :class:`UpstreamRateLimited` ``burst=True``
     * other 429 → :class:`UpstreamRateLimited`
     * 401 / 403 → :class:`UpstreamRejected` with the upstream code (``InvalidApiKey``
@@ -120,10 +138,16 @@ def translate(
     context = {"http_status": status_code, "request_id": request_id or None}
     shown = f"{upstream_code}: {text}" if upstream_code and text else (text or upstream_code or "")
 
+    if upstream_code in ARREARS_CODES:
+        return UpstreamAccountError(shown, code="account_in_arrears", **context)
+    if upstream_code in NOT_PURCHASED_CODES:
+        return UpstreamAccountError(shown, code="model_not_purchased", **context)
     if status_code == HTTPStatus.TOO_MANY_REQUESTS:
         shown = shown or "rate limited"
-        if "allocated quota exceeded" in folded:
+        if "free allocated quota exceeded" in folded or "free tier" in folded:
             return UpstreamQuotaExhausted(shown, **context)
+        if "allocated quota exceeded" in folded:
+            return UpstreamRateLimited(shown, retry_after=ALLOCATED_QUOTA_RETRY_AFTER, **context)
         if "increased too quickly" in folded:
             return UpstreamRateLimited(shown, burst=True, **context)
         return UpstreamRateLimited(shown, **context)
@@ -132,6 +156,9 @@ def translate(
         return UpstreamRejected(
             shown or "upstream refused the API key", code=upstream_code or fallback, **context
         )
+    if status_code == HTTPStatus.REQUEST_TIMEOUT:
+        # About timing, not the request: worth another try.
+        return UpstreamUnavailable(shown or "upstream timed out (HTTP 408)", code="timeout", **context)
     if status_code is not None and 400 <= status_code < 500:
         return UpstreamRejected(
             shown or f"upstream rejected the request (HTTP {status_code})",
@@ -185,6 +212,26 @@ def translate_exception(exc: BaseException) -> UpstreamError:
     )
 
 
+# --------------------------------------------------------------------------- region
+
+
+def region_base_url(region: str, *, catalogue_url: str, workspace_id: str | None) -> str:
+    """The endpoint of a Model Studio region, through the SDK's own rules where it has them.
+
+    dashscope 2.0.2 (``dashscope.common.env``): ``cn-beijing`` is
+    ``https://dashscope.aliyuncs.com/api/v1``; a region in ``MAAS_REGIONS`` with a
+    workspace id (``DASHSCOPE_WORKSPACE_ID``) is ``https://{workspace}.{region}
+    .maas.aliyuncs.com/api/v1``.  Without a workspace id the API reference's endpoint
+    for the region (``catalogue_url``, e.g. ``dashscope-intl`` for Singapore) is used.
+    """
+    from dashscope.common.env import MAAS_REGIONS, validate_workspace_id
+
+    if workspace_id and region in MAAS_REGIONS:
+        validate_workspace_id(workspace_id)
+        return f"https://{workspace_id}.{MAAS_REGIONS[region]}.maas.aliyuncs.com/api/v1"
+    return catalogue_url
+
+
 # --------------------------------------------------------------------------- client
 
 
@@ -232,7 +279,7 @@ def _data_uri(image: bytes, mime: str) -> str:
 
 
 class DashScopeEditor:
-    """qwen-image-edit through the dashscope SDK, one image per call.
+    """The Qwen image-edit models through the dashscope SDK, 1-3 images per call.
 
     ``base_url`` (e.g. ``http://127.0.0.1:8089/api/v1`` for the emulator) is passed per
     call; without it the SDK's own ``dashscope.base_http_api_url`` applies. ``timeout``
@@ -288,11 +335,26 @@ class DashScopeEditor:
         return self._session
 
     async def edit(
-        self, *, image: bytes, mime: str, prompt: str, params: Mapping[str, Any]
+        self,
+        *,
+        prompt: str,
+        params: Mapping[str, Any],
+        image: bytes | None = None,
+        mime: str | None = None,
+        images: Sequence[tuple[bytes, str]] = (),
+        model: str | None = None,
     ) -> EditOutcome:
-        """Edit one image. Raises :class:`~streams.errors.UpstreamError` subclasses only
-        (and ``ValueError`` for a malformed ``mime``)."""
-        content = [{"image": _data_uri(image, mime)}, {"text": prompt}]
+        """Edit one image, or 1-3 (``images``: ``(bytes, mime)`` in order; the output
+        follows the last).  ``model`` overrides the editor's default for this call.
+        Raises :class:`~streams.errors.UpstreamError` subclasses only (and
+        ``ValueError`` for a malformed ``mime``)."""
+        inputs = list(images) if images else [(image, mime)]
+        content: list[dict[str, str]] = []
+        for data, kind in inputs:
+            if data is None or kind is None:
+                raise ValueError("an image needs its bytes and MIME type")
+            content.append({"image": _data_uri(data, kind)})
+        content.append({"text": prompt})
         kwargs: dict[str, Any] = {
             key: value
             for key, value in params.items()
@@ -306,7 +368,7 @@ class DashScopeEditor:
         try:
             async with asyncio.timeout(self.timeout):
                 response = await _NoUploadConversation.call(
-                    model=self.model,
+                    model=model or self.model,
                     messages=[{"role": "user", "content": content}],
                     api_key=self._api_key,
                     request_timeout=self.timeout,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,8 @@ from streams.blobs import BlobStoreNotShared
 from streams.deadletter import dead_letter
 from streams.errors import ImagestreamError, InputError, InvalidImage, InvalidRequest
 from streams.image_edit import state
+from streams.image_edit.block_board import follow_blocks
+from streams.image_edit.blocks import BlockEvent, ModelBlocks
 from streams.image_edit.executor import EditExecutor
 from streams.image_edit.images import ImageInfo, inspect_image_in_thread, recent_images
 from streams.image_edit.keys import cache_keys_for, image_sha256
@@ -48,7 +51,7 @@ from streams.image_edit.models import (
 )
 from streams.image_edit.presets import load_presets
 from streams.image_edit.tables import current_status, edit_cache, last_statuses, task_status
-from streams.image_edit.validation import validate_edit_request, validate_task_request
+from streams.image_edit.validation import validate_edit_request, validate_groups, validate_task_request
 from streams.publish import on_delivery, partition_for, publish
 from streams.routing import event_context
 from streams.runtime import runtime
@@ -59,8 +62,10 @@ from streams.topics import (
     image_edit_results_topic,
     image_edit_task_status_topic,
     task_updates_topic,
+    upstream_blocks_topic,
 )
-from streams.upstream import DashScopeEditor
+from config.catalogue import load_catalogue
+from streams.upstream import DashScopeEditor, region_base_url
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +129,10 @@ async def plan_task(task: TaskRequest) -> list[asyncio.Future[Any]]:
     the producer before any job, on the partition its results will use, so the
     aggregator always reads it first without waiting for its delivery here.
     """
-    edit_type, prompt, params = validate_edit_request(
+    edit_type, prompt, params, model = validate_edit_request(
         task.edit_type, task.edit_params, len(task.images), settings, load_presets()
     )
-    params.pop("prompt", None)
+    groups = validate_groups(task.groups, len(task.images), load_catalogue().model(model).max_images)
     gate = asyncio.Semaphore(PLAN_PARALLELISM)
 
     async def prepare(ref: ImageRef) -> tuple[str, ImageInfo] | InputError:
@@ -148,24 +153,32 @@ async def plan_task(task: TaskRequest) -> list[asyncio.Future[Any]]:
     missing = [i for i, item in enumerate(prepared) if item is None]
     for i, item in zip(missing, await asyncio.gather(*(prepare(task.images[i]) for i in missing)), strict=True):
         prepared[i] = item
-    key_for = cache_keys_for(model=settings.model, edit_type=edit_type, prompt=prompt, params=params)
+    key_for = cache_keys_for(model=model, edit_type=edit_type, prompt=prompt, params=params)
     now = time.time()
-    plan = TaskUpdate(task_id=task.task_id, kind="plan", total_images=len(task.images),
+    units = groups or [[i] for i in range(len(task.images))]
+    plan = TaskUpdate(task_id=task.task_id, kind="plan", total_images=len(units),
                       created_at=task.submitted_at or now)
     sends = [await publish(task_updates_topic, task.task_id, plan)]
     failed: list[ImageResult] = []
     by_partition: dict[int, list[ImageJob]] = {}
-    for index, (ref, item) in enumerate(zip(task.images, prepared, strict=True)):
-        if isinstance(item, InputError):
-            failed.append(ImageResult(task_id=task.task_id, index=index, filename=ref.filename, status="failed",
-                                      error=ErrorInfo(code=item.code, message=item.message)))
-            metrics.inc("images_failed_total", code=item.code)
+    for index, group in enumerate(units):
+        # One call (and one result) per group; the output follows the last input.
+        last = task.images[group[-1]]
+        items = [prepared[i] for i in group]
+        error = next((item for item in items if isinstance(item, InputError)), None)
+        if error is not None:
+            failed.append(ImageResult(task_id=task.task_id, index=index, filename=last.filename, status="failed",
+                                      inputs=group, error=ErrorInfo(code=error.code, message=error.message)))
+            metrics.inc("images_failed_total", code=error.code)
             continue
-        assert item is not None
-        sha, info = item
-        key = key_for(info.identity)
-        job = ImageJob(task_id=task.task_id, index=index, filename=ref.filename, edit_type=edit_type,
-                       prompt=prompt, params=params, cache_key=key, image_sha256=sha, blob=sha,
+        shas = [item[0] for item in items]  # type: ignore[index]
+        identities = [item[1].identity for item in items]  # type: ignore[index]
+        # Every input's pixel identity, in order ([1,0] and [0,1] differ); a lone image
+        # keys as it always did.
+        key = key_for(identities[0] if len(group) == 1 else json.dumps(identities))
+        job = ImageJob(task_id=task.task_id, index=index, filename=last.filename, edit_type=edit_type,
+                       prompt=prompt, params=params, cache_key=key, image_sha256=shas[-1], blob=shas[-1],
+                       model=model, blobs=shas if len(group) > 1 else [], inputs=group,
                        submitted_at=task.submitted_at or now)
         by_partition.setdefault(partition_for(key, settings.topic_partitions), []).append(job)
     for partition, jobs in sorted(by_partition.items()):
@@ -238,13 +251,38 @@ def executor() -> EditExecutor:
     global _executor
     if _executor is None:
         rt = runtime()
+        # DASHSCOPE_HTTP_BASE_URL (emulator, proxy) wins; else the region's endpoint.
+        base_url = settings.dashscope_base_url or region_base_url(
+            settings.region, catalogue_url=load_catalogue().region(settings.region).base_url,
+            workspace_id=settings.dashscope_workspace_id)
         editor = DashScopeEditor(model=settings.model, api_key=settings.dashscope_api_key,
-                                 base_url=settings.dashscope_base_url, timeout=settings.upstream_timeout)
-        _executor = EditExecutor(settings=settings, blobs=rt.blobs, editor=editor, http=rt.http)
+                                 base_url=base_url, timeout=settings.upstream_timeout)
+        _executor = EditExecutor(settings=settings, blobs=rt.blobs, editor=editor, http=rt.http, blocks=blocks)
+        _executor.on_block_change = _tell_workers
         metrics.gauge("upstream_in_flight", lambda: [
             ((("partition", str(p)),), float(w.in_flight)) for p, w in sorted(_executor.windows.items())
         ] if _executor else [])
     return _executor
+
+
+#: The models this worker must not call now (set here or learnt from the others).
+blocks = ModelBlocks(probe_interval=settings.upstream_probe_interval)
+metrics.gauge("upstream_blocked", lambda: [((("code", b.code), ("model", b.model)), 1.0) for b in blocks.all()])
+_telling: set[asyncio.Task[Any]] = set()
+
+
+def _tell_workers(event: BlockEvent) -> None:
+    """Publish a block set or lifted here; every worker (this one too) reads it back."""
+    task = asyncio.ensure_future(publish(upstream_blocks_topic, event.model, event.dumps()))
+    _telling.add(task)
+    task.add_done_callback(_telling.discard)
+
+
+@app.task
+async def follow_upstream_blocks() -> None:
+    """Learn the blocks other workers found, without paying a request for them."""
+    await follow_blocks(settings.kafka_bootstrap, upstream_blocks_topic.get_topic_name(),
+                        blocks.apply)
 
 
 def fresh_entry(entry: CacheEntry | None, now: float) -> CacheEntry | None:

@@ -17,15 +17,23 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from config import Settings
+from config.catalogue import load_catalogue
 from streams.blobs import BlobStore, sniff_mime
-from streams.errors import ImagestreamError, UpstreamError, UpstreamRateLimited, UpstreamUnavailable
+from streams.errors import (
+    ImagestreamError,
+    UpstreamAccountError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+from streams.image_edit.blocks import BlockEvent, ModelBlocks
 from streams.image_edit.limits import RateLimiter, SingleFlight, SlidingWindow
 from streams.image_edit.models import CacheEntry, ErrorInfo, ImageJob, ImageResult, JobRef
 from streams.image_edit.retry import RetryPolicy, decide
@@ -49,6 +57,10 @@ def result_url_for(settings: Settings, blob: str) -> str:
     return f"{settings.public_url}/api/v1/blobs/{blob}"
 
 
+class ModelBlocked(UpstreamAccountError):
+    """A job for a blocked model, failed without a request (see :mod:`blocks`)."""
+
+
 @dataclass(frozen=True)
 class JobOutcome:
     result: ImageResult
@@ -67,6 +79,7 @@ class EditExecutor:
         editor: DashScopeEditor,
         http: aiohttp.ClientSession,
         rng: random.Random | None = None,
+        blocks: ModelBlocks | None = None,
     ) -> None:
         self.settings = settings
         self.blobs = blobs
@@ -86,6 +99,15 @@ class EditExecutor:
             else None
         )
         self.policy = RetryPolicy.from_settings(settings)
+        catalogue = load_catalogue()
+        self.currency = catalogue.region(settings.region).currency
+        #: Price of one generated image per model in the configured region.
+        self.prices = {name: spec.price_in(settings.region) for name, spec in catalogue.models.items()}
+        #: Models this worker (or another, through the blocks topic) found the account
+        #: cannot call; checked before every request.
+        self.blocks = blocks if blocks is not None else ModelBlocks()
+        #: Called with every block set or lifted here, to tell the other workers.
+        self.on_block_change: Callable[[BlockEvent], None] | None = None
 
     # ------------------------------------------------------------------------------
     def hits(self, found: Sequence[tuple[JobRef, CacheEntry]], started: float) -> list[dict[str, Any]]:
@@ -110,14 +132,17 @@ class EditExecutor:
 
     # ------------------------------------------------------------------------------
     async def _compute(self, job: ImageJob, partition: int) -> CacheEntry:
-        image = await self.blobs.get(job.blob)
-        mime = sniff_mime(image[:16])
+        datas = [await self.blobs.get(blob) for blob in (job.blobs or [job.blob])]
+        images = [(data, sniff_mime(data[:16])) for data in datas]
         attempt = 0
         while True:
             attempt += 1
             try:
-                outcome = await self._call(job, image, mime, partition)
+                outcome = await self._call(job, images, partition)
                 break
+            except ModelBlocked:
+                metrics.inc("upstream_blocked_refusals_total")
+                raise
             except UpstreamError as exc:
                 decision = decide(exc, attempt, policy=self.policy, rng=self.rng)
                 metrics.inc("upstream_errors_total", code=exc.code)
@@ -131,11 +156,14 @@ class EditExecutor:
                 log.info("retrying %s after %s (attempt %d, %.2fs)", job.cache_key[:12], exc.code, attempt,
                          decision.delay)
                 await asyncio.sleep(decision.delay)  # backoff outside the window: the slot is free meanwhile
-        data = await self._download(outcome.result_url)
-        blob = await self.blobs.put(data)
+        # Every output was paid for: keep all of them (upstream URLs expire in 24 h).
+        urls = outcome.result_urls or (outcome.result_url,)
+        datas = await asyncio.gather(*(self._download(url) for url in urls))
+        blobs = list(await asyncio.gather(*(self.blobs.put(data) for data in datas)))
         entry = CacheEntry(
-            result_blob=blob,
-            size=len(data),
+            result_blob=blobs[0],
+            result_blobs=blobs,
+            size=len(datas[0]),
             width=outcome.width or 0,
             height=outcome.height or 0,
             upstream_request_id=outcome.request_id,
@@ -145,12 +173,46 @@ class EditExecutor:
         self.entries.put(job.cache_key, entry)
         return entry
 
-    async def _call(self, job: ImageJob, image: bytes, mime: str, partition: int):  # type: ignore[no-untyped-def]
+    async def _call(self, job: ImageJob, images: list[tuple[bytes, str]], partition: int):  # type: ignore[no-untyped-def]
+        model = job.model or self.settings.model
         async with self.windows[partition]:
             if self.limiter is not None:
                 await self.limiter.acquire()
+            # Checked at the last moment: a job that queued for a slot while the block
+            # began must not pay a request for an answer already known.
+            block = self.blocks.get(model)
+            if block is not None and not self.blocks.claim_probe(model, time.time()):
+                raise ModelBlocked(f"{block.message} (model {model} blocked since {block.since:.0f}; "
+                                   "no request sent, a probe call retries every 30 s)", code=block.code)
             metrics.inc("upstream_calls_total")
-            return await self.editor.edit(image=image, mime=mime, prompt=job.prompt, params=job.params)
+            if block is not None:
+                metrics.inc("upstream_probes_total")
+            try:
+                outcome = await self.editor.edit(images=images, prompt=job.prompt, params=job.params, model=model)
+            except UpstreamAccountError as exc:
+                self._block(model, exc)
+                raise
+            if block is not None and self.blocks.lift(model, time.time()):
+                log.warning("upstream: model %s works again (probe succeeded); block lifted", model)
+                self._tell(BlockEvent(model=model, blocked=False, at=time.time()))
+            return outcome
+
+    def _block(self, model: str, exc: UpstreamAccountError) -> None:
+        now = time.time()
+        if self.blocks.block(model, exc.code, exc.message, now):
+            log.error("upstream: model %s blocked after %s; jobs for it fail at once until a probe succeeds",
+                      model, exc.code)
+        block = self.blocks.get(model)
+        assert block is not None
+        self._tell(BlockEvent(model=model, blocked=True, at=now, code=block.code, message=block.message,
+                              since=block.since))
+
+    def _tell(self, event: BlockEvent) -> None:
+        if self.on_block_change is not None:
+            try:
+                self.on_block_change(event)
+            except Exception:  # telling the others must never fail the job
+                log.exception("could not publish the upstream block of %s", event.model)
 
     async def _download(self, url: str) -> bytes:
         last: Exception | None = None
@@ -184,12 +246,21 @@ class EditExecutor:
 
     def _completed(self, job: ImageJob | JobRef, entry: CacheEntry, started: float, *, status: str) -> dict[str, Any]:
         """The fields of a completed ``ImageResult``."""
+        model = job.model or self.settings.model
+        blobs = entry.blobs()
+        price = round(self.prices.get(model, 0.0) * len(blobs), 6)
+        paid = status == "MISS"  # only a fresh call generated (and billed) images
+        metrics.inc("cost_spent_total" if paid else "cost_saved_total", price, model=model, currency=self.currency)
         return {
             "task_id": job.task_id,
             "index": job.index,
             "filename": job.filename,
             "status": "completed",
             "result_url": result_url_for(self.settings, entry.result_blob),
+            "result_urls": [result_url_for(self.settings, blob) for blob in blobs],
+            "inputs": list(job.inputs) or [job.index],
+            "model": model,
+            "cost": {"currency": self.currency, "spent": price if paid else 0.0, "saved": 0.0 if paid else price},
             "from_cache": status != "MISS",
             "error": None,
             "cache_key": job.cache_key,
@@ -213,5 +284,7 @@ class EditExecutor:
             duration_ms=round((time.monotonic() - started) * 1000, 2),
             upstream_request_id=getattr(exc, "request_id", None),
             source_blob=job.blob,
+            model=job.model or self.settings.model,
+            inputs=list(job.inputs) or [job.index],
         )
 

@@ -15,6 +15,7 @@ from mode.utils.compat import want_bytes
 
 __all__ = [
     "CacheEntry",
+    "Cost",
     "ErrorInfo",
     "ImageJob",
     "ImageJobBatch",
@@ -40,6 +41,18 @@ class ErrorInfo(_Record):
     message: str
 
 
+class Cost(_Record):
+    """What an image or a task cost upstream, and what the cache saved (fixed names).
+
+    ``spent``: generated images × the model's catalogue price in the configured region
+    (only successful images are billed); ``saved``: what cache hits and coalesced jobs
+    would have cost.  Catalogue prices are marked unconfirmed in config/models.toml."""
+
+    currency: str
+    spent: float = 0.0
+    saved: float = 0.0
+
+
 class ImageRef(_Record):
     """Where one input image is: exactly one of ``blob``, ``url``, ``data``."""
 
@@ -58,6 +71,9 @@ class TaskRequest(_Record):
     edit_params: dict[str, Any] = {}
     submitted_at: float = 0.0
     reply_to: Optional[str] = None
+    #: Multi-image calls (fixed name): lists of 0-based image indexes, 1-3 each, order
+    #: significant; each group is one call and one result.  None: each image alone.
+    groups: Optional[list[list[int]]] = None
 
 
 class ImageJob(_Record):
@@ -73,6 +89,13 @@ class ImageJob(_Record):
     image_sha256: str
     blob: str
     submitted_at: float = 0.0
+    #: The DashScope model (``edit_params.model``); empty in jobs of older workers: the
+    #: worker's ``IMAGESTREAM_MODEL``.
+    model: str = ""
+    #: The input images of a multi-image call, in order (blob shas); empty: ``blob`` alone.
+    blobs: list[str] = []
+    #: The task's image indexes this job's call takes (its group).
+    inputs: list[int] = []
 
 
 class ImageJobBatch(_Record):
@@ -96,10 +119,13 @@ class JobRef(NamedTuple):
     filename: str
     cache_key: str
     blob: str
+    model: str = ""
+    inputs: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, job: Mapping[str, Any]) -> JobRef:
-        return cls(job["task_id"], job["index"], job["filename"], job["cache_key"], job["blob"])
+        return cls(job["task_id"], job["index"], job["filename"], job["cache_key"], job["blob"],
+                   job.get("model") or "", tuple(job.get("inputs") or ()))
 
 
 _JOB_FIELDS = frozenset(ImageJob._options.fields)
@@ -155,6 +181,14 @@ class ImageResult(_Record):
     result_blob: Optional[str] = None
     #: sha256 of the input image in the blob store (``/api/v1/blobs/{source_blob}``).
     source_blob: Optional[str] = None
+    #: Every output of the call (``n`` of them, upstream order), as our own blob URLs;
+    #: ``result_url`` is the first.  Each one was paid for.
+    result_urls: list[str] = []
+    #: The task's image indexes this result was made from (fixed name; its group).
+    inputs: list[int] = []
+    #: The model the image was edited with, and what the edit cost or saved.
+    model: Optional[str] = None
+    cost: Optional[Cost] = None
 
 
 class TaskStatus(_Record):
@@ -170,6 +204,8 @@ class TaskStatus(_Record):
     created_at: float = 0.0
     updated_at: float = 0.0
     error: Optional[ErrorInfo] = None
+    #: The sum of the results' costs (fixed names: currency, spent, saved).
+    cost: Optional[Cost] = None
 
 
 class TaskUpdate(_Record):
@@ -192,12 +228,18 @@ def results_update(task_id: str, results: Sequence[ImageResult | Mapping[str, An
 
 
 class CacheEntry(_Record):
-    """Value of the ``edit_cache`` table: where a finished edit's result lives."""
+    """Value of the ``edit_cache`` table: where a finished edit's results live."""
 
-    result_blob: str
+    result_blob: str  # the first output (entries of older workers hold only this one)
     size: int
     width: int = 0
     height: int = 0
     upstream_request_id: Optional[str] = None
     upstream_url: Optional[str] = None
     created_at: float = 0.0
+    #: Every output blob of the call, in upstream order (``result_blobs[0] == result_blob``).
+    result_blobs: list[str] = []
+
+    def blobs(self) -> list[str]:
+        """All output blobs (an entry written before ``n`` was kept has just one)."""
+        return list(self.result_blobs) or [self.result_blob]

@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_PRESETS_PATH", "Preset", "PresetError", "load_presets", "par
 DEFAULT_PRESETS_PATH = Path(config.__file__).resolve().parent / "presets.toml"
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_KNOWN_KEYS = frozenset({"prompt", "description", "params"})
+_KNOWN_KEYS = frozenset({"prompt", "description", "params", "model"})
 
 
 class PresetError(ValueError):
@@ -40,6 +40,8 @@ class Preset:
     prompt: str | None = None
     description: str = ""
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: The model tasks of this type use unless they name one (``edit_params.model``).
+    model: str | None = None
 
 
 def _parse_one(name: str, entry: object) -> Preset:
@@ -57,13 +59,17 @@ def _parse_one(name: str, entry: object) -> Preset:
     if not isinstance(description, str):
         raise PresetError(f"edit_types.{name}.description must be a string")
     params = entry.get("params", {})
-    if not isinstance(params, dict) or "prompt" in params:
-        raise PresetError(f"edit_types.{name}.params must be a table without 'prompt'")
+    if not isinstance(params, dict) or "prompt" in params or "model" in params:
+        raise PresetError(f"edit_types.{name}.params must be a table without 'prompt' and 'model'")
+    model = entry.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise PresetError(f"edit_types.{name}.model must be a model name")
     return Preset(
         name=name,
         prompt=normalize_prompt(prompt) if prompt is not None else None,
         description=description,
         params=MappingProxyType(dict(params)),
+        model=model.strip() if model else None,
     )
 
 

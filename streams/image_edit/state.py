@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streams.errors import ImagestreamError
-from streams.image_edit.models import ErrorInfo, ImageResult, TaskStatus, TaskUpdate
+from streams.image_edit.models import Cost, ErrorInfo, ImageResult, TaskStatus, TaskUpdate
 
 __all__ = [
     "COMPLETED",
@@ -52,6 +52,7 @@ __all__ = [
     "mark_task_failed",
     "new_status",
     "progress_of",
+    "task_cost",
 ]
 
 PENDING = "pending"
@@ -172,9 +173,19 @@ def apply_results(
             progress=progress_of(completed + failed, status.total_images),
             results=merged,
             updated_at=now,
+            cost=task_cost(merged) or status.cost,
         ),
         fresh,
     )
+
+
+def task_cost(results: Sequence[ImageResult]) -> Cost | None:
+    """The sum of the completed results' costs (failures are not billed)."""
+    costs = [r.cost for r in results if r.status == COMPLETED and r.cost is not None]
+    if not costs:
+        return None
+    return Cost(currency=costs[0].currency, spent=round(sum(c.spent for c in costs), 6),
+                saved=round(sum(c.saved for c in costs), 6))
 
 
 def _error_info(error: ErrorInfo | ImagestreamError | Mapping[str, Any]) -> ErrorInfo:

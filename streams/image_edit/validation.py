@@ -12,7 +12,10 @@ code                      meaning
 ``invalid_task_id``       ``task_id`` with characters unsafe in keys and URLs
 ``missing_edit_type``     no ``edit_type``
 ``unknown_edit_type``     an ``edit_type`` with no preset
-``invalid_edit_params``   params not a JSON object, or a param of the wrong type/range
+``unknown_model``         ``edit_params.model`` names a model the catalogue
+                          (``config/models.toml``) does not list
+``invalid_edit_params``   params not a JSON object, a param of the wrong type/range,
+                          or one the chosen model does not take (the message names it)
 ``missing_prompt``        no prompt and the edit type has no template
 ``prompt_too_long``       prompt (or negative_prompt) longer than allowed, normalised
 ``no_images``             zero images
@@ -23,6 +26,9 @@ code                      meaning
 ``invalid_base64``        ``data`` that is not standard base64 (a data-URI prefix and
                           line breaks are allowed and removed)
 ``invalid_url``           a ``url`` that is not absolute http(s)
+``invalid_groups``        ``groups`` not a list of lists of image indexes, an empty
+                          group, a group larger than the model takes (3), an index
+                          out of range or twice in one group
 ========================  ==========================================================
 """
 
@@ -34,11 +40,12 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from faust.utils import json as faust_json
 
+from config.catalogue import Catalogue, ModelSpec, load_catalogue
 from config.settings import Settings
 from streams.errors import InvalidRequest
 from streams.image_edit.keys import canonical_params, normalize_prompt
@@ -46,6 +53,8 @@ from streams.image_edit.models import ImageRef, TaskRequest
 from streams.image_edit.presets import Preset
 
 __all__ = [
+    "EditRequest",
+    "validate_groups",
     "MAX_FILENAME_CHARS",
     "MAX_SEED",
     "MAX_TASK_ID_CHARS",
@@ -133,24 +142,48 @@ def _check_text(name: str, value: Any, max_chars: int, *, code: str) -> str:
     return text
 
 
-def validate_edit_params(params: Mapping[str, Any], *, max_chars: int) -> dict[str, Any]:
-    """Typed, canonical output params (no ``prompt``, no ``None``).
+def _check_for_model(clean: Mapping[str, Any], spec: ModelSpec) -> None:
+    """Refuse params the model does not take, naming them (the service would refuse
+    them, or silently ignore them while the cache key says they applied)."""
+    n = clean.get("n")
+    if n is not None and n > spec.n_max:
+        raise _fail("invalid_edit_params",
+                    f"n={n}: model {spec.name} makes at most {spec.n_max} image(s) per call")
+    if "size" in clean:
+        if not spec.size:
+            raise _fail("invalid_edit_params", f"size: model {spec.name} does not take a size")
+        width, height = (int(side) for side in clean["size"].split("*"))
+        problem = spec.size_problem(width, height)
+        if problem:
+            raise _fail("invalid_edit_params", f"size for {spec.name}: {problem}")
+    if "prompt_extend" in clean and not spec.prompt_extend:
+        raise _fail("invalid_edit_params", f"prompt_extend: model {spec.name} does not take prompt_extend")
 
-    Known params are type- and range-checked; unknown params pass through unchanged
-    (they are part of the cache key, see :mod:`streams.image_edit.keys`).
+
+def validate_edit_params(
+    params: Mapping[str, Any], *, max_chars: int, spec: ModelSpec | None = None
+) -> dict[str, Any]:
+    """Typed, canonical output params (no ``prompt``, no ``model``, no ``None``).
+
+    Known params are type- and range-checked, and against ``spec`` (the chosen model's
+    catalogue entry) when given; unknown params pass through unchanged (they are part
+    of the cache key, see :mod:`streams.image_edit.keys`).
     """
     clean: dict[str, Any] = {}
     for name, value in params.items():
-        if name == "prompt" or value is None:
+        if name in ("prompt", "model") or value is None:
             continue
         if name == "negative_prompt":
-            text = _check_text(name, value, max_chars, code="prompt_too_long")
+            limit = spec.negative_prompt_chars if spec is not None else max_chars
+            text = _check_text(name, value, limit, code="prompt_too_long")
             if text:
                 clean[name] = text
         elif name in _PARAM_CHECKS:
             clean[name] = _PARAM_CHECKS[name](name, value)
         else:
             clean[name] = value
+    if spec is not None:
+        _check_for_model(clean, spec)
     try:
         canonical_params(clean)
         faust_json.dumps(clean)  # what travels in the task's events (orjson: 64-bit ints only)
@@ -181,29 +214,84 @@ def _check_image_count(n_images: int, settings: Settings) -> None:
         )
 
 
+def resolve_model(raw: Any, preset: Preset, settings: Settings, catalogue: Catalogue) -> ModelSpec:
+    """``edit_params.model``, else the preset's model, else ``IMAGESTREAM_MODEL``."""
+    if raw is not None and (not isinstance(raw, str) or not raw.strip()):
+        raise _fail("invalid_edit_params", f"model must be a model name, got {raw!r}")
+    name = (raw.strip() if raw else None) or preset.model or settings.model
+    try:
+        return catalogue.model(name)
+    except KeyError:
+        known = ", ".join(sorted(catalogue.models))
+        raise _fail("unknown_model", f"unknown model {name!r}; known: {known}") from None
+
+
+class EditRequest(NamedTuple):
+    """A checked edit: what is keyed and sent upstream for every image of the task."""
+
+    edit_type: str
+    prompt: str
+    params: dict[str, Any]
+    model: str
+
+
 def validate_edit_request(
     edit_type: str | None,
     edit_params_raw: str | bytes | Mapping[str, Any] | None,
     n_images: int,
     settings: Settings,
     presets: Mapping[str, Preset],
-) -> tuple[str, str, dict[str, Any]]:
-    """Check one edit before it is enqueued; return ``(edit_type, prompt, params)``.
+    catalogue: Catalogue | None = None,
+) -> EditRequest:
+    """Check one edit before it is enqueued.
 
     ``edit_type`` is matched case-insensitively, trimmed.  The prompt is normalised
     (it is sent upstream exactly as it is keyed) and falls back to the preset's
-    template; preset params are defaults under the task's own.
+    template; preset params are defaults under the task's own.  The model
+    (``edit_params.model``) is looked up in the catalogue and every param checked
+    against what that model takes.
     """
+    catalogue = catalogue or load_catalogue()
     name = edit_type.strip().lower() if isinstance(edit_type, str) else ""
     preset = presets.get(name)
     if preset is None:
         known = ", ".join(sorted(presets))
         raise _fail("unknown_edit_type", f"unknown edit_type {edit_type!r}; known: {known}")
     raw = _parse_params(edit_params_raw)
-    prompt = _resolve_prompt(raw.get("prompt"), preset, settings.max_prompt_chars)
-    params = validate_edit_params({**preset.params, **raw}, max_chars=settings.max_prompt_chars)
+    spec = resolve_model(raw.get("model"), preset, settings, catalogue)
+    prompt = _resolve_prompt(raw.get("prompt"), preset, min(settings.max_prompt_chars, spec.prompt_chars))
+    params = validate_edit_params({**preset.params, **raw}, max_chars=settings.max_prompt_chars, spec=spec)
     _check_image_count(n_images, settings)
-    return name, prompt, params
+    return EditRequest(name, prompt, params, spec.name)
+
+
+# --- groups (multi-image calls) ---------------------------------------------------------
+def validate_groups(raw: Any, n_images: int, max_per_call: int) -> list[list[int]] | None:
+    """``groups`` as a list of lists of 0-based image indexes (order kept), or ``None``
+    (each image its own call).  JSON text (the multipart field) or a list."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:
+            raise _fail("invalid_groups", f"groups is not valid JSON: {exc}") from None
+    if not isinstance(raw, list) or not raw:
+        raise _fail("invalid_groups", "groups must be a non-empty list of lists of image indexes")
+    groups: list[list[int]] = []
+    for position, group in enumerate(raw):
+        where = f"groups[{position}]"
+        if not isinstance(group, list) or not group:
+            raise _fail("invalid_groups", f"{where} must be a non-empty list of image indexes")
+        if len(group) > max_per_call:
+            raise _fail("invalid_groups", f"{where} has {len(group)} images; one call takes at most {max_per_call}")
+        for index in group:
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n_images:
+                raise _fail("invalid_groups", f"{where}: {index!r} is not an image index in [0, {n_images - 1}]")
+        if len(set(group)) != len(group):
+            raise _fail("invalid_groups", f"{where} names one image twice")
+        groups.append(list(group))
+    return groups
 
 
 # --- TaskRequest events ---------------------------------------------------------------
@@ -323,7 +411,11 @@ def _optional_fields(doc: Mapping[str, Any]) -> dict[str, Any]:
     reply_to = doc.get("reply_to")
     if reply_to is not None and not isinstance(reply_to, str):
         raise _fail("invalid_schema", "reply_to must be a string")
-    return {"edit_params": dict(params or {}), "submitted_at": float(submitted), "reply_to": reply_to or None}
+    groups = doc.get("groups")
+    if groups is not None and not isinstance(groups, list):
+        raise _fail("invalid_groups", "groups must be a list of lists of image indexes")
+    return {"edit_params": dict(params or {}), "submitted_at": float(submitted), "reply_to": reply_to or None,
+            "groups": groups}
 
 
 def validate_task_request(raw: bytes | str) -> TaskRequest:

@@ -29,7 +29,8 @@ from streams.publish import publish
 from streams.routing import ROUTED_HEADER, forward, not_ready, owner_of
 from streams.runtime import runtime
 from streams.image_edit.tables import current_status, task_status
-from streams.image_edit.validation import validate_edit_request
+from config.catalogue import load_catalogue
+from streams.image_edit.validation import validate_edit_request, validate_groups
 from streams.stats import metrics
 from streams.topics import image_edit_jobs_topic, image_edit_requests_topic
 from streams.web import error_response, readiness
@@ -48,6 +49,7 @@ class Submission:
 
     edit_type: str | None = None
     edit_params: str | None = None
+    groups: str | None = None
     files: list[tuple[str, bytes]] = field(default_factory=list)
 
 
@@ -74,6 +76,7 @@ async def read_submission(request: web.Request) -> Submission:
         form = await request.post()
         submission.edit_type = _form_text(form.get("edit_type"))
         submission.edit_params = _form_text(form.get("edit_params"))
+        submission.groups = _form_text(form.get("groups"))
         return submission
     if not (request.content_type or "").startswith("multipart/"):
         raise InvalidRequest("expected multipart/form-data with images, edit_type, edit_params",
@@ -91,7 +94,7 @@ async def read_submission(request: web.Request) -> Submission:
                                          code="too_many_images")
                 data = await _read_part(part, settings.max_image_bytes, f"image {filename!r}")
                 submission.files.append((filename, data))
-            elif name in ("edit_type", "edit_params"):
+            elif name in ("edit_type", "edit_params", "groups"):
                 text = (await _read_part(part, 64 * 1024, name)).decode("utf-8", errors="replace")
                 setattr(submission, name, text)
             else:
@@ -131,13 +134,15 @@ class SubmitTask(faust.web.View):
         started = time.perf_counter()
         sharing.check_shared()  # an upload here must be readable by whichever worker edits it
         submission = await read_submission(request)
-        edit_type, prompt, params = validate_edit_request(
+        edit = validate_edit_request(
             submission.edit_type,
             submission.edit_params,
             len(submission.files),
             settings,
             load_presets(),
         )
+        groups = validate_groups(submission.groups, len(submission.files),
+                                 load_catalogue().model(edit.model).max_images)
         infos = await _inspect_all(submission.files)
         blobs = runtime().blobs
         # Every image is validated before any is stored; then all are written at once.
@@ -147,17 +152,19 @@ class SubmitTask(faust.web.View):
         task_id = uuid.uuid4().hex
         task = TaskRequest(
             task_id=task_id,
-            edit_type=edit_type,
-            edit_params={**params, "prompt": prompt},
+            edit_type=edit.edit_type,
+            edit_params={**edit.params, "prompt": edit.prompt, "model": edit.model},
             images=refs,
             submitted_at=time.time(),
+            groups=groups,
         )
         # 202 only once the broker has the request (acks=all): a worker killed right
         # after answering must not lose an accepted task.  Costs one broker round trip.
         await (await image_edit_requests_topic.send(key=task_id, value=task))
         metrics.inc("tasks_submitted_total", source="http")
         metrics.inc("submit_seconds_total", time.perf_counter() - started)
-        return self.json({"task_id": task_id, "status": "pending", "total_images": len(refs)}, status=202)
+        return self.json({"task_id": task_id, "status": "pending", "total_images": len(groups or refs)},
+                         status=202)
 
 
 @app.page("/api/v1/image-edit/task/{task_id}")

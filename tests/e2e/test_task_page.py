@@ -241,3 +241,25 @@ async def test_page_opened_before_a_kafka_task_exists_finds_it(
     assert await page.evaluate("window.__notReloaded === true && document.getElementById('not-found').hidden")
     assert not page.exceptions, page.exceptions
     await page.close()
+
+
+async def test_task_page_shows_every_paid_output(worker: Worker, kafka_bootstrap: str, browser: Browser) -> None:
+    """n=3 on qwen-image-edit-plus: the card shows all three outputs, each loaded."""
+    task_id = f"n3-page-{uuid.uuid4().hex[:8]}"
+    image = picture(int(time.time() * 1000) % 100_000 + 11, "n = 3")
+    event = {"task_id": task_id, "edit_type": "enhance",
+             "edit_params": {"model": "qwen-image-edit-plus", "n": 3, "seed": 5},
+             "images": [{"filename": "three.png", "data": base64.b64encode(image).decode()}]}
+    await produce(kafka_bootstrap, worker.topic("image-edit-requests"), event, key=task_id)
+    page = await browser.page()
+    await page.navigate(f"{worker.url}/tasks/{task_id}")
+    loaded = await page.wait_for(
+        "(() => { const imgs = [...document.querySelectorAll('.image-card .outputs img')];"
+        " return imgs.length === 3 && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.length : null; })()",
+        timeout=60, what="the three outputs on the page")
+    assert loaded == 3
+    captions = await page.evaluate("[...document.querySelectorAll('.outputs figcaption')].map(c => c.textContent)")
+    assert captions == ["output 1 / 3", "output 2 / 3", "output 3 / 3"]
+    await page.screenshot(ARTIFACTS / "task-page-n3.png")
+    assert not page.exceptions, page.exceptions
+    await page.close()

@@ -62,7 +62,9 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[str]:
-    async with running_emulator(EmulatorConfig(seed=1234)) as base:
+    # Unlimited and at the input's size: these tests are about the API, not the account
+    # limits (test_account_limit_is_on_by_default is), and compare pixels with the input.
+    async with running_emulator(EmulatorConfig(seed=1234, account_limits=False, output_size="input")) as base:
         yield base
 
 
@@ -236,7 +238,8 @@ async def test_wrong_key_is_rejected_invalid_api_key(
     [
         ({"rate": 1, "burst": 0, "quota": 0}, UpstreamRateLimited, False),
         ({"rate": 0, "burst": 1, "quota": 0}, UpstreamRateLimited, True),
-        ({"rate": 0, "burst": 0, "quota": 1}, UpstreamQuotaExhausted, None),
+        # "Allocated quota exceeded" is the per-minute limit: retried after the minute.
+        ({"rate": 0, "burst": 0, "quota": 1}, UpstreamRateLimited, False),
     ],
 )
 async def test_forced_429s(
@@ -329,7 +332,9 @@ def _body(content: list[dict[str, Any]], model: str = MODEL, **params: Any) -> d
 async def test_request_validation(emulator: str, http: aiohttp.ClientSession) -> None:
     image = {"image": data_uri(make_png((8, 8)))}
     cases = [
-        (_body([image, {"text": "x" * 801}]), "InvalidParameter"),
+        # (An 801-character prompt is truncated, as the reference says, not refused.)
+        (_body([image, {"text": "enhance"}], negative_prompt=5), "InvalidParameter"),
+        (_body([image, {"text": "enhance"}], model="qwen-image-edit-plus", size="1000*1000"), "InvalidParameter"),
         (_body([image] * 4 + [{"text": "enhance"}]), "InvalidParameter"),
         (_body([{"text": "enhance"}]), "InvalidParameter"),
         (_body([image, {"text": "a"}, {"text": "b"}]), "InvalidParameter"),
@@ -379,7 +384,7 @@ async def test_result_url_signature_is_checked(
 
 
 async def test_expired_result_url_is_forbidden(http: aiohttp.ClientSession) -> None:
-    async with running_emulator(EmulatorConfig(result_ttl=0)) as base:
+    async with running_emulator(EmulatorConfig(result_ttl=0, account_limits=False, output_size="input")) as base:
         async with DashScopeEditor(
             model=MODEL, api_key=KEY, base_url=f"{base}/api/v1", timeout=10
         ) as client:
@@ -458,3 +463,58 @@ async def test_config_endpoint_rejects_bad_values(emulator: str, http: aiohttp.C
     async with http.get(f"{emulator}/_emulator/config") as response:
         current = await response.json()
     assert current["rate_429"] == 0 and current["latency"] == "none"
+
+
+async def test_account_limit_is_on_by_default_per_model_summed_over_keys(http: aiohttp.ClientSession) -> None:
+    """The default emulator applies the catalogue's per-model account limits (2 requests/s
+    for qwen-image-edit), summed over every key, like the real service."""
+    source = make_png()
+    async with running_emulator(EmulatorConfig(api_keys=("k1", "k2"), output_size="input")) as base:
+        outcomes = []
+        for key in ("k1", "k2", "k1", "k2"):
+            async with DashScopeEditor(model=MODEL, api_key=key, base_url=f"{base}/api/v1", timeout=10) as ed:
+                try:
+                    await ed.edit(image=source, mime="image/png", prompt="invert", params={})
+                    outcomes.append("ok")
+                except UpstreamRateLimited:
+                    outcomes.append("429")
+        assert outcomes[:2] == ["ok", "ok"] and "429" in outcomes[2:], outcomes
+        # Another model has its own limit.
+        async with DashScopeEditor(model="qwen-image-edit-plus", api_key="k1", base_url=f"{base}/api/v1",
+                                   timeout=10) as ed:
+            assert (await ed.edit(image=source, mime="image/png", prompt="invert", params={})).result_url
+        async with http.get(f"{base}/_emulator/config") as resp:
+            assert (await resp.json())["account_limits"] is True
+
+
+async def test_default_output_is_about_one_megapixel_with_the_last_inputs_aspect() -> None:
+    wide, tall = make_png(), make_png(size=(30, 60))
+    async with running_emulator(EmulatorConfig(account_limits=False)) as base:
+        async with DashScopeEditor(model="qwen-image-edit-plus", api_key=KEY, base_url=f"{base}/api/v1",
+                                   timeout=30) as ed:
+            out = await ed.edit(images=[(wide, "image/png"), (tall, "image/png")], prompt="enhance", params={})
+    assert out.width is not None and out.height is not None
+    assert abs(out.width * out.height - 1024 * 1024) < 0.05 * 1024 * 1024
+    assert abs(out.height / out.width - 2) < 0.05  # 1:2, the last input's aspect
+    assert out.width % 16 == 0 and out.height % 16 == 0
+
+
+async def test_long_negative_prompt_is_truncated_and_model_rules_refused(emulator: str) -> None:
+    source = make_png()
+    async with DashScopeEditor(model=MODEL, api_key=KEY, base_url=f"{emulator}/api/v1", timeout=10) as ed:
+        assert (await ed.edit(image=source, mime="image/png", prompt="invert",
+                              params={"negative_prompt": "x" * 900})).result_url
+        for params in ({"size": "1024*1024"}, {"prompt_extend": True}, {"n": 2}):
+            with pytest.raises(UpstreamRejected):
+                await ed.edit(image=source, mime="image/png", prompt="invert", params=params)
+
+
+@pytest.mark.parametrize(("fault", "status"), [("rate_408", 408), ("rate_503", 503)])
+async def test_408_and_503_are_retriable_unavailability(
+    editor: DashScopeEditor, emulator: str, http: aiohttp.ClientSession, fault: str, status: int
+) -> None:
+    await configure(http, emulator, **{fault: 1.0})
+    with pytest.raises(UpstreamUnavailable) as info:
+        await edit(editor, "enhance")
+    assert info.value.http_status == status and info.value.retriable
+    assert (await stats(http, emulator))["by_status"] == {str(status): 1}

@@ -11,7 +11,7 @@ from tests.support import Emulator, emulator_config, emulator_reset
 
 #: What the session emulator runs with (tests/conftest.py starts it with this latency).
 SESSION_FAULTS = {"latency": "fixed:0.2", "rate_429": 0.0, "rate_500": 0.0, "rate_drop": 0.0,
-                  "rate_inspection": 0.0}
+                  "rate_inspection": 0.0, "rate_408": 0.0, "rate_503": 0.0, "account_error": None}
 
 
 async def _restore(emulator: Emulator) -> None:

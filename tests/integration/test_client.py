@@ -225,3 +225,18 @@ async def test_dimension_client_http_and_kafka(
         answer = await dims.publish({"session_id": session, "resource": "res", "scene": 1, "url": url},
                                     wait=True, timeout=30)
         assert answer is not None and (answer.width, answer.height) == (321, 123)
+
+
+@pytest.mark.parametrize("via", ["http", "kafka"])
+async def test_client_submits_groups_model_and_n_and_reads_outputs_inputs_cost(
+    client: ImageEditClient, fresh_emulator: Emulator, via: str
+) -> None:
+    s = salt()
+    images = [(f"g-{i}.png", make_png(s + i)) for i in range(3)]
+    task = await client.submit(images, "enhance", params={"model": "qwen-image-edit-plus", "n": 2},
+                               groups=[[0, 1], [2]], via=via)  # type: ignore[arg-type]
+    assert task.total_images == 2
+    final = await task.wait(timeout=60)
+    assert final.status == "completed", final
+    assert [(r.index, r.inputs, len(r.result_urls)) for r in final.results] == [(0, (0, 1), 2), (1, (2,), 2)]
+    assert final.cost is not None and final.cost.currency == "CNY" and final.cost.spent > 0

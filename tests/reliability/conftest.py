@@ -96,7 +96,10 @@ class Fleet:
     workers: list[Worker] = field(default_factory=list)
 
     def emulator(self, *args: str, name: str = "rel-emulator") -> Emulator:
-        emu = start_emulator(*args, name=name)
+        # Unlimited unless a test asks for limits: no cluster-wide account-budget scheduler
+        # yet, and these tests are about faults and restarts, not the account limits.
+        extra = () if "--account-rps" in args else ("--unlimited", "--output-size", "input")
+        emu = start_emulator(*args, *extra, name=name)
         self.emulators.append(emu)
         return emu
 

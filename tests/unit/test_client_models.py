@@ -71,3 +71,23 @@ def test_keys_and_partitions_match_the_worker_and_kafka() -> None:
         for task_id in ("t-1", "a" * 40, "任务"):
             key = json_key(task_id)
             assert partition_for(key, list(range(n))) == partitioner(key, list(range(n)), list(range(n)))
+
+
+def test_client_records_keep_in_step_with_the_worker_records() -> None:
+    """producers/models.py repeats the worker's records without Faust; a field added to
+    one and not the other would silently vanish on the client side."""
+    import dataclasses
+
+    from streams.image_edit import models as worker
+
+    #: Worker fields the client deliberately leaves out (internal bookkeeping).
+    worker_only = {"ImageResult": {"source_blob"}, "TaskStatus": set()}
+    for name, client_cls in (("ImageResult", ImageResult), ("TaskStatus", TaskStatus)):
+        worker_fields = set(getattr(worker, name)._options.fields)
+        client_fields = {f.name for f in dataclasses.fields(client_cls)}
+        assert client_fields <= worker_fields, (name, client_fields - worker_fields)
+        assert worker_fields - client_fields == worker_only[name], (name, worker_fields - client_fields)
+    assert "result_urls" in {f.name for f in dataclasses.fields(ImageResult)}
+    result = ImageResult.from_dict({"task_id": "t", "index": 0, "filename": "a", "status": "completed",
+                                    "result_url": "u0", "result_urls": ["u0", "u1"]})
+    assert result.result_urls == ("u0", "u1") and ImageResult.from_dict(result.to_dict()) == result

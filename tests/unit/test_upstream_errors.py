@@ -10,6 +10,7 @@ from dashscope.common.error import AuthenticationError, InvalidInput
 
 from emulator.faults import ERRORS, Fault
 from streams.errors import (
+    UpstreamAccountError,
     UpstreamQuotaExhausted,
     UpstreamRateLimited,
     UpstreamRejected,
@@ -38,16 +39,36 @@ def test_burst_refusal_is_rate_limit_with_burst_flag() -> None:
 
 
 @pytest.mark.parametrize("code", ["Throttling.RateQuota", "Throttling.AllocationQuota", None])
-def test_allocated_quota_exceeded_is_not_retriable(code: str | None) -> None:
+def test_allocated_quota_exceeded_is_the_per_minute_limit_retried_after_a_minute(code: str | None) -> None:
+    # The rate-limit page: "Allocated quota exceeded" is the per-minute limit and
+    # "typically recovers automatically within one minute".
     err = translate(429, code, "Allocated quota exceeded, please increase your quota limit.", "r3")
-    assert type(err) is UpstreamQuotaExhausted
-    assert not err.retriable
-    assert err.code == "quota_exhausted"
+    assert type(err) is UpstreamRateLimited
+    assert err.retriable and err.retry_after == 60.0
+    assert err.code == "rate_limited"
 
 
-def test_free_quota_message_variant_is_also_quota() -> None:
+def test_free_allocated_quota_exceeded_is_quota_exhausted_and_an_account_error() -> None:
     err = translate(429, "Throttling.AllocationQuota", "Free allocated quota exceeded.", None)
-    assert isinstance(err, UpstreamQuotaExhausted)
+    assert isinstance(err, UpstreamQuotaExhausted) and isinstance(err, UpstreamAccountError)
+    assert err.code == "quota_exhausted" and not err.retriable
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (400, "Arrearage", "account_in_arrears"),
+        (400, "PrepaidBillOverdue", "account_in_arrears"),
+        (403, "PostpaidBillOverdue", "account_in_arrears"),
+        (403, "AccessDenied.Unpurchased", "model_not_purchased"),
+        (403, "Model.AccessDenied", "model_not_purchased"),
+        (400, "CommodityNotPurchased", "model_not_purchased"),
+    ],
+)
+def test_account_state_errors_have_their_own_codes(status: int, code: str, expected: str) -> None:
+    err = translate(status, code, "Access denied, please make sure your account is in good standing.", "r9")
+    assert type(err) is UpstreamAccountError
+    assert err.code == expected and not err.retriable and err.http_status == status
 
 
 def test_other_429_is_plain_rate_limit() -> None:
@@ -62,7 +83,7 @@ def test_emulator_429_bodies_map_as_intended(fault: Fault) -> None:
     expected = {
         Fault.THROTTLE_RATE: (UpstreamRateLimited, False),
         Fault.THROTTLE_BURST: (UpstreamRateLimited, True),
-        Fault.QUOTA_EXCEEDED: (UpstreamQuotaExhausted, None),
+        Fault.QUOTA_EXCEEDED: (UpstreamRateLimited, False),  # the per-minute limit
     }[fault]
     assert type(err) is expected[0]
     if expected[1] is not None:
@@ -80,12 +101,12 @@ def test_401_without_code_defaults_to_invalid_api_key() -> None:
 
 
 def test_403_keeps_upstream_code() -> None:
-    err = translate(403, "AccessDenied.Unpurchased", "Access to model denied.", "r6")
-    assert type(err) is UpstreamRejected and err.code == "AccessDenied.Unpurchased"
+    err = translate(403, "AccessDenied", "Access denied.", "r6")
+    assert type(err) is UpstreamRejected and err.code == "AccessDenied"
 
 
 @pytest.mark.parametrize(
-    "code", ["DataInspectionFailed", "InvalidParameter", "InvalidURL", "Arrearage"]
+    "code", ["DataInspectionFailed", "InvalidParameter", "InvalidURL"]
 )
 def test_other_4xx_rejected_with_upstream_code(code: str) -> None:
     err = translate(400, code, "something about the input", "r7")
@@ -166,3 +187,21 @@ def test_unknown_exception_is_unavailable() -> None:
 def test_already_translated_passes_through() -> None:
     original = UpstreamRateLimited("x")
     assert translate_exception(original) is original
+
+
+def test_region_endpoints_follow_the_reference_and_the_sdk() -> None:
+    from config.catalogue import load_catalogue
+    from streams.upstream import region_base_url
+
+    catalogue = load_catalogue()
+    beijing = catalogue.region("cn-beijing").base_url
+    singapore = catalogue.region("ap-southeast-1").base_url
+    assert region_base_url("cn-beijing", catalogue_url=beijing, workspace_id=None) == \
+        "https://dashscope.aliyuncs.com/api/v1"
+    assert region_base_url("ap-southeast-1", catalogue_url=singapore, workspace_id=None) == \
+        "https://dashscope-intl.aliyuncs.com/api/v1"
+    # With a workspace the SDK's own MaaS endpoint of the region (dashscope.common.env).
+    assert region_base_url("ap-southeast-1", catalogue_url=singapore, workspace_id="ws-1") == \
+        "https://ws-1.ap-southeast-1.maas.aliyuncs.com/api/v1"
+    with pytest.raises(ValueError):
+        region_base_url("ap-southeast-1", catalogue_url=singapore, workspace_id="bad host/x")

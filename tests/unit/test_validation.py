@@ -13,13 +13,13 @@ from config.settings import Settings
 from streams.errors import InvalidRequest
 from streams.image_edit.models import TaskRequest
 from streams.image_edit.presets import Preset, load_presets
-from streams.image_edit.validation import validate_edit_request, validate_task_request
+from streams.image_edit.validation import EditRequest, validate_edit_request, validate_task_request
 
 SETTINGS = Settings(max_prompt_chars=40, max_images_per_task=3)
 PRESETS = load_presets()
 
 
-def _edit(edit_type: Any = "enhance", params: Any = None, n: int = 1, presets: Mapping[str, Preset] = PRESETS) -> tuple[str, str, dict[str, Any]]:
+def _edit(edit_type: Any = "enhance", params: Any = None, n: int = 1, presets: Mapping[str, Preset] = PRESETS) -> EditRequest:
     return validate_edit_request(edit_type, params, n, SETTINGS, presets)
 
 
@@ -32,7 +32,7 @@ def _code(fn: Any, *args: Any, **kwargs: Any) -> str:
 
 # --- validate_edit_request ------------------------------------------------------------
 def test_preset_template_used_without_prompt() -> None:
-    edit_type, prompt, params = _edit(" Enhance ", None)
+    edit_type, prompt, params, _ = _edit(" Enhance ", None)
     assert edit_type == "enhance"
     assert prompt == PRESETS["enhance"].prompt
     assert params == {}
@@ -40,19 +40,20 @@ def test_preset_template_used_without_prompt() -> None:
 
 
 def test_own_prompt_replaces_template_and_is_normalised() -> None:
-    _, prompt, params = _edit("enhance", '{"prompt": " 变亮\\u3000一点 ", "seed": 5}')
+    _, prompt, params, _ = _edit("enhance", '{"prompt": " 变亮\\u3000一点 ", "seed": 5}')
     assert prompt == "变亮 一点"
     assert params == {"seed": 5}
 
 
 def test_params_as_mapping_and_canonical_forms() -> None:
-    _, _, params = _edit(
+    edit = _edit(
         "custom",
         {"prompt": "x", "negative_prompt": " blur\n", "size": "1024 x 768", "watermark": False,
-         "prompt_extend": True, "n": 1, "strength": 0.5, "seed": None},
+         "prompt_extend": True, "n": 1, "strength": 0.5, "seed": None, "model": "qwen-image-edit-plus"},
     )
-    assert params == {"negative_prompt": "blur", "size": "1024*768", "watermark": False,
-                      "prompt_extend": True, "n": 1, "strength": 0.5}
+    assert edit.params == {"negative_prompt": "blur", "size": "1024*768", "watermark": False,
+                           "prompt_extend": True, "n": 1, "strength": 0.5}
+    assert edit.model == "qwen-image-edit-plus"
 
 
 def test_preset_params_are_defaults_under_task_params() -> None:
@@ -107,7 +108,9 @@ def test_prompt_length_counts_characters_after_normalisation() -> None:
     spaced = "  " + "a \t\u3000" * 20  # 82 raw characters, 39 after normalisation
     assert _edit("custom", {"prompt": spaced})[1] == " ".join("a" * 20)
     assert _code(_edit, "custom", {"prompt": "画" * 41}) == "prompt_too_long"
-    assert _code(_edit, "custom", {"prompt": "x", "negative_prompt": "y" * 41}) == "prompt_too_long"
+    # negative_prompt: the model's own limit (500, the docs), not the prompt's.
+    assert _edit("custom", {"prompt": "x", "negative_prompt": "y" * 500}).params["negative_prompt"] == "y" * 500
+    assert _code(_edit, "custom", {"prompt": "x", "negative_prompt": "y" * 501}) == "prompt_too_long"
 
 
 def test_template_longer_than_limit_is_refused() -> None:
@@ -261,3 +264,80 @@ def test_fuzzed_events_only_ever_raise_invalid_request() -> None:
         except InvalidRequest:
             pass
     assert accepted < 3000
+
+
+# --- the model catalogue ------------------------------------------------------------------
+def _message(fn: Any, *args: Any) -> tuple[str, str]:
+    with pytest.raises(InvalidRequest) as err:
+        fn(*args)
+    return err.value.code, err.value.message
+
+
+def test_model_defaults_to_the_setting_and_can_be_chosen_per_task() -> None:
+    assert _edit("enhance").model == SETTINGS.model == "qwen-image-edit"
+    assert _edit("enhance", {"model": " qwen-image-edit-max "}).model == "qwen-image-edit-max"
+    assert _edit("enhance", {"model": "qwen-image-2.0-pro"}).model == "qwen-image-2.0-pro"
+    assert "model" not in _edit("enhance", {"model": "qwen-image-edit-plus"}).params
+
+
+def test_preset_may_name_a_model_and_the_task_overrides_it() -> None:
+    presets = {"hq": Preset(name="hq", prompt="hq", model="qwen-image-edit-max")}
+    assert _edit("hq", None, presets=presets).model == "qwen-image-edit-max"
+    assert _edit("hq", {"model": "qwen-image-edit-plus"}, presets=presets).model == "qwen-image-edit-plus"
+
+
+@pytest.mark.parametrize("model", ["qwen-image-edit-pro", "gpt-image-1", "QWEN-IMAGE-EDIT"])
+def test_unknown_model(model: str) -> None:
+    code, message = _message(_edit, "enhance", {"model": model})
+    assert code == "unknown_model"
+    assert model in message and "qwen-image-edit-plus" in message
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "named"),
+    [
+        ("qwen-image-edit", {"n": 2}, "n=2"),
+        ("qwen-image-edit", {"size": "1024*1024"}, "size"),
+        ("qwen-image-edit", {"prompt_extend": False}, "prompt_extend"),
+        ("qwen-image-edit-plus", {"n": 7}, "n"),
+        ("qwen-image-edit-plus", {"size": "511*1024"}, "size"),
+        ("qwen-image-edit-plus", {"size": "1024*2064"}, "size"),
+        ("qwen-image-edit-plus", {"size": "1000*1024"}, "multiples of 16"),
+        ("qwen-image-edit-max-2026-01-16", {"size": "4096*512"}, "size"),
+        ("qwen-image-2.0", {"size": "256*256"}, "total pixels"),
+        ("qwen-image-edit-plus", {"model": 5}, "model"),
+    ],
+)
+def test_params_the_model_does_not_take_are_refused_by_name(model: str, params: dict[str, Any], named: str) -> None:
+    code, message = _message(_edit, "enhance", {"model": model, **params})
+    assert code == "invalid_edit_params"
+    assert named in message
+
+
+def test_params_the_model_takes_pass() -> None:
+    edit = _edit("enhance", {"model": "qwen-image-edit-plus", "n": 6, "size": "512*2048", "prompt_extend": False})
+    assert edit.params == {"n": 6, "size": "512*2048", "prompt_extend": False}
+    # qwen-image-2.0 bounds the total pixels, not each side: a 2048*1536 output is fine.
+    assert _edit("enhance", {"model": "qwen-image-2.0", "size": "2048*1536"}).params["size"] == "2048*1536"
+    assert _edit("enhance", {"n": 1}).params == {"n": 1}  # n=1 is what qwen-image-edit makes anyway
+
+
+# --- groups ---------------------------------------------------------------------------------
+def test_groups_keep_their_order_and_come_from_events_too() -> None:
+    from streams.image_edit.validation import validate_groups
+
+    assert validate_groups(None, 3, 3) is None
+    assert validate_groups("[[2, 0], [1]]", 3, 3) == [[2, 0], [1]]
+    task = validate_task_request(_event(groups=[[0]]))
+    assert task.groups == [[0]]
+    with pytest.raises(InvalidRequest) as err:
+        validate_task_request(_event(groups="[[0]]"))
+    assert err.value.code == "invalid_groups"
+
+
+@pytest.mark.parametrize("groups", [[], [[]], [[0, 1]], [[0, 3]], [[-1]], [[1, 1]], [[0.0]], [0]])
+def test_bad_groups(groups: Any) -> None:
+    from streams.image_edit.validation import validate_groups
+
+    # [[0, 1]] on a model that takes one image per call
+    assert _code(validate_groups, groups, 3, 1) == "invalid_groups"
