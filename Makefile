@@ -51,7 +51,8 @@ demo: install kafka
 	$(PY) scripts/demo.py
 
 bench: install kafka
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@failed=""; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || failed="$$failed $$b"; done; \
+	if [ -n "$$failed" ]; then echo "missed targets in:$$failed"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) .cache data test-artifacts .pytest_cache
