@@ -415,6 +415,8 @@ async def aggregate_tasks(stream: faust.StreamT[bytes]) -> None:
                 update = TaskUpdate.loads(event.value)
                 current = changed[update.task_id][1] if update.task_id in changed else current_status(update.task_id)
                 status, fresh = state.fold_update(current, update, now)
+                if not fresh:  # read again after a crash? (see state.already_folded)
+                    fresh = state.already_folded(current, update)
             except Exception as exc:  # noqa: BLE001 - a bad update must not stop the others
                 await dead_letter(source_topic=event.message.topic, key=event.key, raw=event.value,
                                   code="invalid_update", reason=f"{type(exc).__name__}: {exc}"[:500])

@@ -39,6 +39,7 @@ from streams.image_edit.models import Cost, ErrorInfo, ImageResult, TaskStatus, 
 
 __all__ = [
     "COMPLETED",
+    "already_folded",
     "FAILED",
     "PARTIAL",
     "PENDING",
@@ -136,6 +137,19 @@ def apply_result(status: TaskStatus, result: ImageResult, now: float) -> tuple[T
     """
     status, fresh = apply_results(status, [result], now)
     return status, bool(fresh)
+
+
+def already_folded(status: TaskStatus | None, update: TaskUpdate) -> list[ImageResult]:
+    """The stored results of an update's images that the status holds already.
+
+    An update read again after a crash had its results folded (the table's changelog
+    reached Kafka) but maybe not their result events: those are published again, the
+    stored copies, so every result reaches ``image-edit-results`` at least once.
+    """
+    if status is None or update.kind != "results":
+        return []
+    by_index = {r.index: r for r in status.results}
+    return [by_index[r.index] for r in update.results if r.index in by_index]
 
 
 def apply_results(

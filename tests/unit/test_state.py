@@ -218,3 +218,22 @@ def test_fold_results_before_plan_or_unknown_kind_are_errors() -> None:
         fold_update(None, _results(_result(0)), 1.0)
     with pytest.raises(ValueError, match="unknown task update kind"):
         fold_update(None, TaskUpdate(task_id="t", kind="bogus"), 1.0)
+
+
+def test_an_update_read_again_after_a_crash_gives_back_its_stored_results() -> None:
+    from streams.image_edit.state import already_folded, fold_update
+
+    plan = TaskUpdate(task_id="t", kind="plan", total_images=3, created_at=1.0)
+    status, _ = fold_update(None, plan, 1.0)
+    first = TaskUpdate(task_id="t", kind="results", results=[_result(0), _result(2)])
+    status, fresh = fold_update(status, first, 2.0)
+    assert [r.index for r in fresh] == [0, 2]
+    # The same update again (its status reached the changelog, its events maybe not):
+    again, fresh_again = fold_update(status, first, 3.0)
+    assert again is status and fresh_again == []
+    stored = already_folded(status, first)
+    assert [r.index for r in stored] == [0, 2] and stored == [status.results[0], status.results[1]]
+    # Nothing for a plan, for a task not seen, or for images not folded yet.
+    assert already_folded(status, plan) == []
+    assert already_folded(None, first) == []
+    assert already_folded(status, TaskUpdate(task_id="t", kind="results", results=[_result(1)])) == []
