@@ -517,11 +517,13 @@ async def test_two_workers_route_each_key_to_its_owner(
                               key=producer_key, partition=partition)
             await results.collect(lambda v: v.get("session_id") == key["session_id"], count=4, timeout=30)
             got = [v for v in await results.drain() if v.get("session_id") == key["session_id"]]
-        # Each event answered once, by the owner: the placeholder while the key's entry is
+        # Every event answered, by the owner: the placeholder while the key's entry is
         # still being made from the URL's, the real size once it is there (which of the
-        # two depends on how fast the four arrive); never an error.
+        # two depends on how fast the four arrive); never an error.  At least once: a
+        # forwarded event can be answered again when its partition's offset was not yet
+        # committed at a rebalance (seen once in CI: 5 answers for 4 events).
         answers = [(g["source"], g["width"], g["height"]) for g in got]
-        assert len(answers) == 4, got
+        assert len(answers) >= 4, got
         assert set(answers) <= {("placeholder", *PLACEHOLDER), ("cache", 333, 444)}, got
         assert all(g.get("error") is None for g in got), got
         assert (await wait_cached(b, **key, url=url))["width"] == 333
